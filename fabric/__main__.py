@@ -1,0 +1,5 @@
+"""``python -m fabric ...`` is the ``fabric`` command."""
+
+from fabric.cli import app
+
+app(prog_name="fabric")

@@ -1,0 +1,89 @@
+"""Root commands: run, submit, doctor, and the command groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fabric.cli import config_cmds
+from fabric.cli._output import JSON_OPTION, emit, fail
+
+app = typer.Typer(
+    name="fabric",
+    help="A Ray-based compute fabric with LLMOps extensions: versioned data, training, registry, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmds.app, name="config")
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; defaults apply when omitted.")
+OVERRIDES_ARG = typer.Argument(None, help="Dotted key=value overrides, e.g. train.epochs=3.", show_default=False)
+
+
+@app.command()
+def run(
+    workload: str = typer.Argument(..., help="A shipped workload (e.g. smoke) or a path to your own module (.py)."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    config: Optional[Path] = CONFIG_OPTION,
+) -> None:
+    """Run a workload in this process on the configured Ray (embedded local Ray unless RAY_ADDRESS is set)."""
+    from fabric.config import ConfigError
+    from fabric.workload import WorkloadError, load_workload, print_result
+
+    try:
+        loaded = load_workload(workload)
+        cfg = loaded.load_config(config, overrides or [])
+    except (ConfigError, WorkloadError) as exc:
+        fail(str(exc))
+    print_result(loaded.run(cfg))
+
+
+@app.command()
+def submit(
+    workload: str = typer.Argument(..., help="A shipped workload (e.g. smoke) or a path to your own module (.py)."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    config: Optional[Path] = CONFIG_OPTION,
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray dashboard address, e.g. http://HEAD:8265. Default: RAY_ADDRESS."
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
+) -> None:
+    """Submit a workload as a Ray job (working_dir = this folder); exits non-zero when the job fails."""
+    from fabric.config import ConfigError
+    from fabric.jobs import submit as submit_job
+    from fabric.workload import WorkloadError
+
+    try:
+        outcome = submit_job(workload, str(config) if config else None, overrides or [], address=address, wait=wait)
+    except (ConfigError, WorkloadError) as exc:
+        fail(str(exc))
+    print(f"job {outcome.submission_id} {outcome.status}" + (f": {outcome.message}" if outcome.message else ""))
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Read the runtime section of this config."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show the resolved stack: Ray, MLflow, data backend, Qdrant, cached models, vLLM."""
+    from fabric.config import ConfigError
+    from fabric.doctor import diagnose
+    from fabric.runtime import RuntimeConfig
+
+    try:
+        runtime = RuntimeConfig.from_dict(_runtime_section(config), source=str(config)) if config else None
+        report = diagnose(runtime)
+    except ConfigError as exc:
+        fail(str(exc))
+    emit(report, as_json)
+
+
+def _runtime_section(path: Path) -> dict:
+    from fabric.config import load_yaml
+
+    return load_yaml(path).get("runtime") or {}
