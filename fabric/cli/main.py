@@ -60,7 +60,10 @@ def submit(
         outcome = submit_job(workload, str(config) if config else None, overrides or [], address=address, wait=wait)
     except (ConfigError, WorkloadError) as exc:
         fail(str(exc))
-    print(f"job {outcome.submission_id} {outcome.status}" + (f": {outcome.message}" if outcome.message else ""))
+    except ConnectionError as exc:
+        fail(f"cannot reach the Ray dashboard at {address or 'RAY_ADDRESS'}: {exc}")
+    summary = (outcome.message or "").strip().splitlines()
+    print(f"job {outcome.submission_id} {outcome.status}" + (f": {summary[0]}" if summary else ""))
     if not outcome.ok:
         raise typer.Exit(1)
 

@@ -1,0 +1,80 @@
+"""fabric/runtime.py: the embedded defaults, the production settings, and the real embedded services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabric.config import ConfigError
+from fabric.runtime import RuntimeConfig, cached_models, qdrant_client, resolve_stack, setup_mlflow
+
+
+def test_embedded_defaults_live_under_fabric_home(fabric_home):
+    stack = resolve_stack()
+    assert stack.home == str(fabric_home)
+    assert stack.ray_address is None and stack.ray_num_cpus >= 1
+    assert stack.mlflow_tracking_uri == f"sqlite:///{fabric_home}/mlflow/mlflow.db"
+    assert stack.mlflow_artifact_root == (fabric_home / "mlflow" / "artifacts").as_uri()
+    assert (stack.qdrant_mode, stack.qdrant) == ("local", str(fabric_home / "qdrant"))
+    assert (stack.data_backend, stack.data_location) == ("local", str(fabric_home / "data"))
+    assert stack.model_cache == str(fabric_home / "models")
+
+
+def test_environment_selects_production_services(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
+    monkeypatch.setenv("LAKEFS_ENDPOINT", "http://lakefs:8000")
+    stack = resolve_stack()
+    assert stack.ray_address == "10.0.0.1:6379" and stack.ray_num_cpus is None
+    assert stack.mlflow_tracking_uri == "http://mlflow:5000" and stack.mlflow_artifact_root is None
+    assert (stack.qdrant_mode, stack.qdrant) == ("server", "http://qdrant:6333")
+    assert (stack.data_backend, stack.data_location) == ("lakefs", "http://lakefs:8000")
+
+
+def test_config_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    cfg = RuntimeConfig.from_dict({"ray": {"address": "ray://head:10001"}, "data_backend": "local"})
+    monkeypatch.setenv("LAKEFS_ENDPOINT", "http://lakefs:8000")
+    stack = resolve_stack(cfg)
+    assert stack.ray_address == "ray://head:10001"
+    assert stack.data_backend == "local"
+
+
+def test_lakefs_backend_without_endpoint_is_refused():
+    with pytest.raises(ConfigError, match="LAKEFS_ENDPOINT"):
+        resolve_stack(RuntimeConfig(data_backend="lakefs"))
+
+
+def test_embedded_mlflow_keeps_artifacts_under_home(fabric_home):
+    import mlflow
+
+    experiment_id = setup_mlflow(RuntimeConfig().mlflow.model_copy(update={"experiment": "runtime-test"}))
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_text("hello", "note.txt")
+    artifact = Path(mlflow.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")) / "note.txt"
+    assert artifact.read_text() == "hello"
+    assert fabric_home in artifact.parents
+    assert setup_mlflow(RuntimeConfig().mlflow.model_copy(update={"experiment": "runtime-test"})) == experiment_id
+
+
+def test_embedded_qdrant_is_local_mode_under_home(fabric_home):
+    from qdrant_client.models import Distance, PointStruct, VectorParams
+
+    client = qdrant_client()
+    try:
+        client.create_collection("runtime_test", vectors_config=VectorParams(size=2, distance=Distance.COSINE))
+        client.upsert("runtime_test", [PointStruct(id=1, vector=[1.0, 0.0]), PointStruct(id=2, vector=[0.0, 1.0])])
+        hits = client.query_points("runtime_test", query=[0.9, 0.1], limit=1).points
+        assert hits[0].id == 1
+    finally:
+        client.close()
+    assert (fabric_home / "qdrant").is_dir()
+
+
+def test_cached_models_lists_folders_with_a_config(fabric_home):
+    (fabric_home / "models" / "org" / "tiny").mkdir(parents=True)
+    (fabric_home / "models" / "org" / "tiny" / "config.json").write_text("{}")
+    (fabric_home / "models" / "empty").mkdir(parents=True)
+    assert cached_models() == ["org/tiny"]

@@ -1,0 +1,116 @@
+"""`fabric submit` against a real local Ray head started with the dashboard, as a cluster would run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import last_json
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A `ray start --head` on loopback with the dashboard, in its own process group; stopped at the end."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("RAY_ADDRESS", None)
+    dashboard_port = free_port()
+    log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            "--disable-usage-stats",
+        ],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # answering, if only with 401 for want of the token: it is up
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray head did not come up; see {log.name}") from None
+                time.sleep(1)
+        yield address, env
+    finally:
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
+
+
+def submit(address: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fabric", "submit", *args, "--address", address],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+    )
+
+
+def test_smoke_job_succeeds_and_streams_its_logs(ray_head):
+    address, env = ray_head
+    out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "submitted job raysubmit_" in out.stdout
+    assert "python -m workloads.smoke --config configs/smoke.yaml train.epochs=1" in out.stdout
+    assert "[smoke] done: test accuracy" in out.stdout
+    assert last_json(out.stdout, "test_accuracy")["epochs"] == 1
+    assert "SUCCEEDED" in out.stdout.rstrip().splitlines()[-1]
+
+
+def test_failing_user_workload_is_reported_failed(ray_head):
+    address, env = ray_head
+    out = submit(address, env, "tests/fixtures/failing_job.py", "reason=boom-from-test")
+    assert out.returncode == 1
+    assert "boom-from-test" in out.stdout
+    assert "FAILED" in out.stdout.rstrip().splitlines()[-1]
+
+
+def test_bad_config_is_refused_before_submitting(ray_head):
+    address, env = ray_head
+    out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=0")
+    assert out.returncode == 2
+    assert "train.epochs" in out.stderr and "submitted job" not in out.stdout
+
+
+def test_no_wait_returns_the_submission_id(ray_head):
+    address, env = ray_head
+    out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1", "--no-wait")
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split("submitted job ")[1].split(":")[0]
+    from fabric.jobs import _client
+
+    client = _client(address)
+    deadline = time.monotonic() + 300
+    while str(client.get_job_status(job_id)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.monotonic() < deadline, "the --no-wait job did not finish"
+        time.sleep(2)
+    assert str(client.get_job_status(job_id)) == "SUCCEEDED"
