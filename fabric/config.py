@@ -14,8 +14,9 @@ The CLI does the same: ``fabric config show configs/smoke.yaml train.epochs=5``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, get_args
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError

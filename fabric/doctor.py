@@ -42,7 +42,8 @@ def diagnose(cfg: RuntimeConfig | None = None, connect: bool = True) -> dict[str
 
 
 def _ray(address: str | None, num_cpus: int | None, connect: bool) -> dict[str, Any]:
-    info: dict[str, Any] = {"version": _version("ray"), "address": address, "mode": "cluster" if address else "embedded"}
+    mode = "cluster" if address else "embedded"
+    info: dict[str, Any] = {"version": _version("ray"), "address": address, "mode": mode}
     if not address:
         return {**info, "cpus": num_cpus, "gpus": _local_gpus()}
     if not connect:

@@ -18,9 +18,10 @@ import asyncio
 import os
 import shlex
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from fabric.config import ConfigError
 from fabric.workload import is_path_ref, load_workload

@@ -161,6 +161,7 @@ def init_ray(cfg: RayConfig | None = None) -> dict[str, float]:
             ray.init(address=address, log_to_driver=True)
         else:
             ray.init(
+                address="local",  # never attach to a stray `ray start` cluster by accident
                 num_cpus=cfg.num_cpus or os.cpu_count(),
                 num_gpus=cfg.num_gpus,
                 object_store_memory=cfg.object_store_memory_mb * 1024**2 if cfg.object_store_memory_mb else None,

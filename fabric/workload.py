@@ -29,10 +29,11 @@ import importlib
 import importlib.util
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from fabric.config import ConfigError, FabricConfig, Field, load_yaml
 from fabric.runtime import RuntimeConfig, init_ray, setup_mlflow
@@ -126,8 +127,9 @@ def run_module(module_name: str, argv: list[str] | None = None) -> Any:
     """Entry point for ``python -m workloads.NAME --config FILE [key=value ...]``."""
     module = sys.modules[module_name]
     spec = getattr(module, "__spec__", None)
-    name = (spec.name if spec else module_name).rsplit(".", 1)[-1]
-    parser = argparse.ArgumentParser(prog=f"python -m workloads.{name}", description=(module.__doc__ or "")[:200])
+    name = spec.name.rsplit(".", 1)[-1] if spec else Path(module.__file__).stem
+    prog = f"python -m {spec.name}" if spec else f"python {Path(module.__file__).name}"
+    parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", help="YAML config file; defaults apply when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)

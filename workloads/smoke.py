@@ -125,8 +125,8 @@ def build_trainer(cfg: Config, train_ds: Any, n_features: int, n_classes: int) -
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: SGD over this worker's shard, one report and checkpoint per epoch."""
-    import torch
     import ray.train
+    import torch
     from ray.train import Checkpoint
     from ray.train.torch import prepare_model
 
