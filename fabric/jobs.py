@@ -90,7 +90,6 @@ def submit(
 ) -> JobOutcome:
     """Validates the config, submits the workload as a Ray job, and (with ``wait``) streams its logs to the end."""
     overrides = list(overrides)
-    _use_ray_auth_token()  # before anything imports ray, which reads the auth mode once
     workload = load_workload(ref)
     cfg = workload.load_config(config_path, overrides)
     runtime = getattr(cfg, "runtime", None)
@@ -111,19 +110,23 @@ def submit(
     return JobOutcome(job_id, str(info.status), info.message)
 
 
-def _use_ray_auth_token() -> None:
-    """Ray 2.60 heads require a token by default: use the one `ray start` wrote when the user set nothing."""
-    if os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN"):
-        return
-    if Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def _client(address: str | None) -> Any:
-    _use_ray_auth_token()
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=_auth_headers())
+
+
+def _auth_headers() -> dict[str, str]:
+    """Ray 2.60 heads require a token by default: send the one `ray start` wrote when the user set nothing.
+
+    Passed as a header rather than through RAY_AUTH_MODE, so the caller's process environment is left alone.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN"):
+        return {}
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token_file.is_file():
+        return {}
+    return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
 
 
 async def _tail(client: Any, job_id: str, echo: Callable[[str], None]) -> None:

@@ -78,6 +78,10 @@ class LakeFSConfig(FabricConfig):
     secret_access_key: str | None = Field(
         None, description="lakeFS secret key (or LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY)."
     )
+    storage_namespace: str = Field(
+        "local://fabric/{repo}",
+        description="Where lakeFS stores a new repository's objects; {repo} is replaced, e.g. s3://bucket/{repo}.",
+    )
 
 
 class RuntimeConfig(FabricConfig):

@@ -1,0 +1,151 @@
+"""Versioned datasets by URI: write, read, resolve, branch, tag, diff, merge, log.
+
+Python, with the CLI equivalent under each line::
+
+    commit = data.write("lakefs://iris/main/raw", df, "first cut")
+    #   fabric data put lakefs://iris/main/raw iris.csv -m "first cut"
+    data.branch("iris", "clean", source="main")
+    #   fabric data branch iris clean --from main
+    ds = data.read("lakefs://iris/clean/raw")  # a ray.data.Dataset
+    #   fabric data head lakefs://iris/clean/raw
+    data.merge("iris", "clean", into="main")
+    #   fabric data merge iris clean --into main
+
+Every function takes an optional ``store``; by default the runtime picks it (lakeFS when configured, else the
+local store under ``$FABRIC_HOME/data``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fabric.data.backends import open_store
+from fabric.data.store import Change, Commit, DataError, NotFoundError, VersionStore
+from fabric.data.uri import DataURI
+
+__all__ = ["branch", "diff", "head", "init", "log", "merge", "pin", "read", "resolve", "tag", "write"]
+
+ROWS_PER_FILE = 1_000_000
+
+
+def init(repo: str, default_branch: str = "main", exist_ok: bool = True, store: VersionStore | None = None) -> str:
+    """Creates a repository (a no-op when it exists and ``exist_ok``); returns its default branch's commit id."""
+    return (store or open_store()).create_repo(repo, default_branch=default_branch, exist_ok=exist_ok)
+
+
+def write(
+    uri: str, data: Any, message: str, metadata: dict[str, str] | None = None, store: VersionStore | None = None
+) -> str:
+    """Writes a pandas DataFrame, Arrow table or Ray Dataset as Parquet under the URI's path on its branch.
+
+    Replaces whatever was under the path, in one commit; returns the new commit id. On any error the branch
+    does not move and no commit is left behind.
+    """
+    target = DataURI.parse(uri)
+    if not message or not message.strip():
+        raise DataError("a commit needs a message")
+    store = store or open_store()
+    with tempfile.TemporaryDirectory(prefix="fabric-write-") as tmp:
+        _write_parquet(data, Path(tmp))
+        return store.commit_files(target.repo, target.ref, target.path, Path(tmp), message, metadata or {})
+
+
+def read(uri: str, store: VersionStore | None = None, **ray_kwargs: Any) -> Any:
+    """Reads the Parquet files under the URI's path at its ref (branch, tag or commit id) into a Ray Dataset."""
+    import ray.data
+
+    store = store or open_store()
+    target = DataURI.parse(uri)
+    fs, paths = store.read_paths(target.repo, store.resolve(target.repo, target.ref), target.path)
+    if not paths:
+        raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
+    return ray.data.read_parquet(paths, filesystem=fs, **ray_kwargs)
+
+
+def head(uri: str, n: int = 5, store: VersionStore | None = None) -> Any:
+    """The first ``n`` rows as a pandas DataFrame, read with pyarrow (no Ray needed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = store or open_store()
+    target = DataURI.parse(uri)
+    fs, paths = store.read_paths(target.repo, store.resolve(target.repo, target.ref), target.path)
+    if not paths:
+        raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
+    tables, rows = [], 0
+    for path in paths:
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        tables.append(table.slice(0, n - rows))
+        rows += tables[-1].num_rows
+        if rows >= n:
+            break
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def resolve(uri: str, store: VersionStore | None = None) -> str:
+    """The commit id the URI's ref points at now. Record this, not the branch name, with every run."""
+    target = DataURI.parse(uri, need_path=False)
+    return (store or open_store()).resolve(target.repo, target.ref)
+
+
+def pin(uri: str, store: VersionStore | None = None) -> str:
+    """The same URI with its ref replaced by the commit id it points at now, so later reads see the same data."""
+    target = DataURI.parse(uri, need_path=False)
+    return str(target.at(resolve(uri, store)))
+
+
+def branch(repo: str, name: str, source: str = "main", store: VersionStore | None = None) -> str:
+    """Creates branch ``name`` from ``source`` (zero-copy); returns the commit id it starts at."""
+    return (store or open_store()).create_branch(repo, name, source)
+
+
+def tag(repo: str, name: str, ref: str, store: VersionStore | None = None) -> str:
+    """Creates tag ``name`` at ``ref``; returns the commit id."""
+    return (store or open_store()).create_tag(repo, name, ref)
+
+
+def diff(repo: str, left: str, right: str, prefix: str = "", store: VersionStore | None = None) -> list[Change]:
+    """Paths that differ going from ref ``left`` to ref ``right``."""
+    return (store or open_store()).diff(repo, left, right, prefix)
+
+
+def merge(repo: str, source: str, into: str, message: str | None = None, store: VersionStore | None = None) -> str:
+    """Merges ``source`` into branch ``into``; raises MergeConflictError naming the paths, changing nothing."""
+    return (store or open_store()).merge(repo, source, into, message)
+
+
+def log(uri: str, limit: int | None = None, store: VersionStore | None = None) -> list[Commit]:
+    """Commits reachable from the URI's ref, newest first."""
+    target = DataURI.parse(uri, need_path=False)
+    return (store or open_store()).log(target.repo, target.ref, limit)
+
+
+def _write_parquet(data: Any, folder: Path) -> None:
+    """Writes ``data`` as ``part-NNNNN.parquet`` files; a Ray Dataset is streamed through this process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if _is_ray_dataset(data):
+        batches = data.iter_batches(batch_size=ROWS_PER_FILE, batch_format="pyarrow")
+    elif isinstance(data, pa.Table):
+        batches = [data]
+    elif _is_dataframe(data):
+        batches = [pa.Table.from_pandas(data, preserve_index=False)]
+    else:
+        raise DataError(f"cannot write {type(data).__name__}: pass a pandas DataFrame, an Arrow table or a Ray Dataset")
+    written = 0
+    for table in batches:
+        if table.num_rows or not written:
+            pq.write_table(table, folder / f"part-{written:05d}.parquet")
+            written += 1
+
+
+def _is_ray_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("ray.data") and hasattr(data, "iter_batches")
+
+
+def _is_dataframe(data: Any) -> bool:
+    return type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas")
