@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@echo "== fabric doctor: the embedded stack this demo runs on"
 	$(BIN)/fabric doctor
-	@echo "== fabric run smoke: Ray Data + Ray Train (2 workers) on scikit-learn data, logged to MLflow"
-	$(BIN)/fabric run smoke --config configs/smoke.yaml
-	@echo "== done: trained and scored a model with Ray Train, logged config, metrics and checkpoint to MLflow."
-	@echo "   Browse the run: $(BIN)/mlflow ui --backend-store-uri sqlite:///$$(pwd)/.fabric/mlflow/mlflow.db"
+	@echo "== ingest: commit scikit-learn's breast cancer table to the versioned store (lakefs://demo/main/...)"
+	$(BIN)/fabric run ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
+	$(BIN)/fabric data log lakefs://demo/main -n 3
+	@echo "== train: validate that commit, then Ray Data + Ray Train (2 workers), everything logged to MLflow"
+	$(BIN)/fabric run smoke --config configs/smoke_versioned.yaml
+	@echo "== done: ingested a dataset as a commit, validated it, trained and scored a model with Ray Train, and"
+	@echo "   logged config, data commit id, validation report, metrics and checkpoint to MLflow. Browse the run:"
+	@echo "   $(BIN)/mlflow ui --backend-store-uri sqlite:///$$(pwd)/.fabric/mlflow/mlflow.db"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

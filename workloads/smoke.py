@@ -24,7 +24,14 @@ from fabric.workload import WorkloadConfig, run_module
 
 class DataConfig(FabricConfig):
     dataset: Literal["breast_cancer", "wine", "iris", "digits"] = Field(
-        "breast_cancer", description="scikit-learn bundled dataset to train on."
+        "breast_cancer", description="scikit-learn bundled dataset to train on when `uri` is empty."
+    )
+    uri: str | None = Field(
+        None, description="Versioned dataset to train on instead (lakefs://REPO/REF/PATH); its commit id is recorded."
+    )
+    label_column: str = Field("label", description="Column holding the class (0..k-1) in the versioned dataset.")
+    validation_schema: str | None = Field(
+        None, description="YAML schema the versioned dataset must pass before training starts."
     )
     test_fraction: float = Field(0.25, gt=0, lt=1, description="Share of rows held out for evaluation.")
     seed: int = Field(0, description="Seed of the split, the weight initialisation and the shuffling.")
@@ -50,11 +57,16 @@ class Config(WorkloadConfig):
 def main(cfg: Config) -> dict[str, Any]:
     import mlflow
 
+    from fabric import data
     from fabric.tracking import start_run
 
-    train_ds, test_ds, n_features, n_classes = load_splits(cfg.data)
-    print(f"[smoke] {cfg.data.dataset}: {train_ds.count()} train rows, {test_ds.count()} test rows", flush=True)
-    with start_run(cfg, run_name="smoke") as run:
+    source = data.pin(cfg.data.uri, store=data.open_store(cfg.runtime)) if cfg.data.uri else None
+    tags = {"fabric.data.uri": source, "fabric.data.commit": data.DataURI.parse(source).ref} if source else {}
+    with start_run(cfg, run_name="smoke", tags=tags) as run:
+        dataset = read_source(cfg, source)
+        train_ds, test_ds, n_features, n_classes = split_and_scale(dataset, cfg.data)
+        print(f"[smoke] {source or cfg.data.dataset}: {train_ds.count()} train rows, {test_ds.count()} test rows",
+              flush=True)
         result = build_trainer(cfg, train_ds, n_features, n_classes).fit()
         for step, row in enumerate(result.metrics_dataframe.to_dict("records")):
             mlflow.log_metric("train_loss", row["loss"], step=step)
@@ -62,7 +74,7 @@ def main(cfg: Config) -> dict[str, Any]:
         mlflow.log_metric("test_accuracy", accuracy)
         mlflow.log_artifacts(result.checkpoint.path, "checkpoint")
     summary = {
-        "dataset": cfg.data.dataset,
+        "dataset": source or cfg.data.dataset,
         "train_rows": train_ds.count(),
         "test_rows": test_ds.count(),
         "epochs": cfg.train.epochs,
@@ -75,18 +87,37 @@ def main(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def load_splits(cfg: DataConfig) -> tuple[Any, Any, int, int]:
-    """The dataset as two standardised Ray Datasets with ``features`` (float32 vector) and ``label`` columns."""
-    import numpy as np
+def read_source(cfg: Config, source: str | None) -> Any:
+    """The training table as a Ray Dataset: the pinned versioned dataset (validated first) or a scikit-learn set."""
     import pandas as pd
     import ray.data
     from sklearn import datasets
 
-    bunch = getattr(datasets, f"load_{cfg.dataset}")()
+    from fabric import data
+
+    if source:
+        dataset = data.read(source, store=data.open_store(cfg.runtime))
+        if cfg.data.validation_schema:
+            report = data.validate(dataset, cfg.data.validation_schema, source=source, raise_on_error=False)
+            report.log_to_mlflow()
+            if not report.ok:
+                raise data.DataValidationError(report)
+        if cfg.data.label_column != "label":
+            dataset = dataset.rename_columns({cfg.data.label_column: "label"})
+        return dataset
+    bunch = getattr(datasets, f"load_{cfg.data.dataset}")()
     frame = pd.DataFrame(bunch.data.astype("float32"), columns=[f"x{i}" for i in range(bunch.data.shape[1])])
     frame["label"] = bunch.target.astype("int64")
-    train, test = ray.data.from_pandas(frame).train_test_split(test_size=cfg.test_fraction, shuffle=True, seed=cfg.seed)
-    columns = [c for c in frame.columns if c != "label"]
+    return ray.data.from_pandas(frame)
+
+
+def split_and_scale(dataset: Any, cfg: DataConfig) -> tuple[Any, Any, int, int]:
+    """Two standardised Ray Datasets with ``features`` (float32 vector) and ``label`` columns."""
+    import numpy as np
+    import pandas as pd
+
+    train, test = dataset.train_test_split(test_size=cfg.test_fraction, shuffle=True, seed=cfg.seed)
+    columns = [c for c in dataset.schema().names if c != "label"]
     stats = train.to_pandas()[columns].agg(["mean", "std"])
     mean, std = stats.loc["mean"].to_numpy("float32"), stats.loc["std"].replace(0, 1).to_numpy("float32")
 
@@ -99,7 +130,7 @@ def load_splits(cfg: DataConfig) -> tuple[Any, Any, int, int]:
         train.map_batches(to_features, batch_format="pandas").materialize(),
         test.map_batches(to_features, batch_format="pandas").materialize(),
         len(columns),
-        int(frame["label"].nunique()),
+        int(max(train.max("label"), test.max("label"))) + 1,
     )
 
 

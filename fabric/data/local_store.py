@@ -35,7 +35,7 @@ from fabric.data.store import Change, Commit, DataError, MergeConflictError, Not
 
 __all__ = ["LocalStore"]
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{1,62}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{2,62}$")  # lakeFS's rule for repository names
 REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,255}$")
 COMMIT_ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,7 +58,7 @@ class LocalStore:
 
     def create_repo(self, repo: str, default_branch: str = "main", exist_ok: bool = False) -> str:
         if not NAME.match(repo):
-            raise DataError(f"repository name {repo!r} must be 2-63 lowercase letters, digits, '-' or '_'")
+            raise DataError(f"repository name {repo!r} must be 3-63 lowercase letters, digits or '-'")
         path = self.root / repo
         if (path / "repo.json").exists():
             if exist_ok:

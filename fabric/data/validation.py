@@ -175,7 +175,7 @@ def _pandera_schema(schema: DataSchema) -> Any:
 
     columns = {}
     for name, rule in schema.columns.items():
-        checks = [pa.Check(_type_check(rule.type), name="type", error=f"type {rule.type}")] if rule.type else []
+        checks = [pa.Check(_type_check(rule.type), name="type")] if rule.type else []
         if rule.min is not None:
             checks.append(pa.Check.ge(rule.min))
         if rule.max is not None:
@@ -206,7 +206,8 @@ def _count_case(found: dict, case: dict[str, Any], batch_rows: int) -> None:
     column = case["column"] if case["schema_context"] == "Column" else case["failure_case"]
     if rule in ("min", "max") and "TypeError" in str(case["failure_case"]):
         return  # the column's type is wrong; the type rule reports it
-    entry = found.setdefault((column, rule), {"count": 0, "examples": [], "detail": check})
+    detail = {"min": ">= ", "max": "<= "}.get(rule, "") + check.split("(", 1)[-1].rstrip(")") if "(" in check else ""
+    entry = found.setdefault((column, rule), {"count": 0, "examples": [], "detail": detail})
     column_level = case["index"] is None or rule in ("type", "required", "strict")
     entry["count"] = batch_rows if column_level else entry["count"] + 1
     if not column_level and len(entry["examples"]) < EXAMPLES:
@@ -239,12 +240,19 @@ def _null_share_violations(schema: DataSchema, stats: list[dict[str, Any]], rows
     return violations
 
 
+def _partitions() -> int:
+    """Hash partitions for the uniqueness group-by: one per CPU of the cluster, not Ray's default of 200."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def _unique_violations(dataset: Any, schema: DataSchema) -> list[Violation]:
     violations = []
     for name, rule in schema.columns.items():
         if not rule.unique or name not in dataset.schema().names:
             continue
-        counts = dataset.select_columns([name]).groupby(name).count()
+        counts = dataset.select_columns([name]).groupby(name, num_partitions=_partitions()).count()
         duplicates = counts.filter(lambda row, name=name: row["count()"] > 1 and row[name] is not None).take_all()
         if duplicates:
             total = sum(int(row["count()"]) for row in duplicates)

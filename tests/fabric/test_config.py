@@ -12,7 +12,10 @@ from fabric.config import ConfigError, FabricConfig, Field, apply_override
 from fabric.workload import WorkloadConfig, available_workloads, load_workload, workload_for_config
 
 ROOT = Path(__file__).resolve().parents[2]
-FABRIC_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "kuberay" not in p.parts)
+SCHEMAS = sorted((ROOT / "configs" / "data").glob("*_schema.yaml"))
+FABRIC_CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if "kuberay" not in p.parts and p not in SCHEMAS
+)
 
 
 class Optim(FabricConfig):
@@ -125,6 +128,18 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     saved = tmp_path / "saved.yaml"
     cfg.to_yaml(saved)
     assert workload.config_cls.from_yaml(saved) == cfg
+
+
+@pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.name)
+def test_every_shipped_data_schema_loads(path):
+    from fabric.data import DataSchema
+
+    assert DataSchema.from_yaml(path).columns
+
+
+def test_every_yaml_under_configs_is_covered():
+    kuberay = set((ROOT / "configs" / "kuberay").glob("*.yaml"))
+    assert set((ROOT / "configs").rglob("*.yaml")) == set(FABRIC_CONFIGS) | set(SCHEMAS) | kuberay
 
 
 @pytest.mark.parametrize("name", available_workloads())

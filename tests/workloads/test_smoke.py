@@ -50,3 +50,44 @@ def test_cli_paths_give_the_api_result(command, cli_env, api_result):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = last_json(out.stdout, "test_accuracy")
     assert {k: result[k] for k in METRICS} == {k: api_result[k] for k in METRICS}
+
+
+@pytest.fixture(scope="module")
+def versioned(ray_session):
+    """The breast cancer table committed by the ingest workload, on a repository of this test module."""
+    ingest = load_workload("ingest_sklearn")
+    cfg = ingest.load_config(ROOT / "configs" / "data" / "ingest_breast_cancer.yaml", ["uri=lakefs://smoke-t/main/bc"])
+    return ingest.run(cfg)
+
+
+def test_versioned_run_validates_and_records_the_commit(versioned):
+    assert versioned["rows"] == 569 and len(versioned["commit"]) == 64
+    from fabric import data
+
+    moved = data.write("lakefs://smoke-t/main/other", data.head("lakefs://smoke-t/main/bc", n=5), "branch moves on")
+    workload = load_workload("smoke")
+    cfg = workload.load_config(ROOT / "configs" / "smoke_versioned.yaml",
+                               ["data.uri=lakefs://smoke-t/main/bc", "train.epochs=1", "train.num_workers=1"])
+    result = workload.run(cfg)
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.data.tags["fabric.data.commit"] == moved  # the head when the run started, recorded as an id
+    assert run.data.tags["fabric.data.uri"] == f"lakefs://smoke-t/{moved}/bc"
+    assert run.data.metrics["validation_ok"] == 1.0 and run.data.metrics["validation_rows"] == 569
+    assert result["test_accuracy"] > 0.8
+
+
+def test_versioned_run_stops_on_bad_data_before_training(versioned, tmp_path):
+    from fabric import data
+
+    bad = data.head("lakefs://smoke-t/main/bc", n=600)
+    bad.loc[:9, "mean_radius"] = -1.0
+    data.write("lakefs://smoke-t/main/bad", bad, "corrupted copy")
+    workload = load_workload("smoke")
+    cfg = workload.load_config(ROOT / "configs" / "smoke_versioned.yaml", ["data.uri=lakefs://smoke-t/main/bad"])
+    with pytest.raises(data.DataValidationError, match=r"column mean_radius: min \(>= 0.0\): 10 bad rows"):
+        workload.run(cfg)
+    failed = mlflow.search_runs(filter_string="tags.`fabric.data.uri` LIKE '%/bad'", output_format="list")[0]
+    assert failed.info.status == "FAILED"
+    assert "train_loss" not in failed.data.metrics and failed.data.metrics["validation_ok"] == 0.0
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(failed.info.run_id)}
+    assert "validation.json" in artifacts and "checkpoint" not in artifacts
