@@ -184,11 +184,10 @@ def _load_table(file: Path) -> Any:
 def _parse_meta(items: list[str]) -> dict[str, str]:
     from fabric.data import DataError
 
-    pairs = [item.partition("=") for item in items]
-    bad = [item for item, (key, sep, _) in zip(items, pairs) if not sep or not key]
+    bad = [item for item in items if "=" not in item or item.startswith("=")]
     if bad:
         raise DataError(f"--meta takes key=value, got {', '.join(map(repr, bad))}")
-    return {key: value for key, _, value in pairs}
+    return dict(item.split("=", 1) for item in items)
 
 
 def _log_text(commits: list[dict[str, Any]]) -> str:
