@@ -38,6 +38,7 @@ __all__ = ["LocalStore"]
 NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{2,62}$")  # lakeFS's rule for repository names
 REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,255}$")
 COMMIT_ID = re.compile(r"^[0-9a-f]{64}$")
+REF_KIND = {"branches": "branch", "tags": "tag"}
 
 
 class LocalStore:
@@ -76,19 +77,17 @@ class LocalStore:
         return commit_id
 
     def create_branch(self, repo: str, name: str, source: str) -> str:
-        commit_id = self.resolve(repo, source)
-        with self._locked(repo):
-            if self._ref_file(repo, "branches", name).exists():
-                raise DataError(f"branch {name!r} already exists in repository {repo!r}")
-            self._set_ref(repo, "branches", name, commit_id)
-        return commit_id
+        return self._create_ref(repo, "branches", name, source)
 
     def create_tag(self, repo: str, name: str, ref: str) -> str:
-        commit_id = self.resolve(repo, ref)
+        return self._create_ref(repo, "tags", name, ref)
+
+    def _create_ref(self, repo: str, kind: str, name: str, target: str) -> str:
+        commit_id = self.resolve(repo, target)
         with self._locked(repo):
-            if self._ref_file(repo, "tags", name).exists():
-                raise DataError(f"tag {name!r} already exists in repository {repo!r}")
-            self._set_ref(repo, "tags", name, commit_id)
+            if self._ref_file(repo, kind, name).exists():
+                raise DataError(f"{REF_KIND[kind]} {name!r} already exists in repository {repo!r}")
+            self._set_ref(repo, kind, name, commit_id)
         return commit_id
 
     def list_branches(self, repo: str) -> dict[str, str]:
@@ -216,7 +215,7 @@ class LocalStore:
 
     def _ref_file(self, repo: str, kind: str, name: str) -> Path:
         if not REF_NAME.match(name):
-            raise DataError(f"{kind[:-1] if kind.endswith('s') else kind} name {name!r} is not a valid ref name")
+            raise DataError(f"{REF_KIND[kind]} name {name!r} is not a valid ref name")
         return self._repo(repo) / "refs" / kind / name
 
     def _branch_file(self, repo: str, branch: str) -> Path:
