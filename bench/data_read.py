@@ -1,0 +1,169 @@
+"""Rows/s of `fabric.data.read(uri)` iterated to the end, next to `pyarrow.parquet.read_table` on the same files.
+
+    python bench/data_read.py [--rows 6000000] [--repeats 5]
+
+Writes a versioned Parquet dataset (several numeric and string columns, numpy with a fixed seed) with
+`fabric.data.write("lakefs://bench/main/table", ...)` into a throw-away FABRIC_HOME, starts Ray once (not timed),
+warms both readers up once, then times alternating repetitions of
+
+* pyarrow: `pyarrow.parquet.read_table` on each physical file of the commit, in turn, counting rows;
+* fabric:  `fabric.data.read(uri)` with its defaults, iterated to the end with
+  `ds.iter_batches(batch_size=None, batch_format="pyarrow")`, counting rows. `batch_size=None` hands over Ray's
+  blocks as they are (no re-batching) and `pyarrow` is the zero-conversion format, so this is the cheapest full
+  pass a Ray Data user can write; what it measures is the read itself.
+
+Each timing starts before `read()` (planning included) and stops after the last batch. Prints the median of each,
+rows/s and the ratio, and as its last line one JSON object. Target: fabric at least 0.8x of plain pyarrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+HOME = tempfile.mkdtemp(prefix="fabric-bench-data-read-")
+os.environ["FABRIC_HOME"] = HOME  # before fabric is imported: never touch the user's data
+for _name in ("LAKEFS_ENDPOINT", "LAKECTL_SERVER_ENDPOINT_URL"):  # the embedded local store, never a lakeFS server
+    os.environ.pop(_name, None)
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+import ray.data  # noqa: E402
+
+from fabric import data  # noqa: E402
+
+REPO = "bench"
+URI = f"lakefs://{REPO}/main/table"
+TARGET_RATIO = 0.8
+CITIES = ["Berlin", "Lagos", "Lima", "Osaka", "Austin", "Pune", "Oslo", "Quito", "Perth", "Montreal", "Seoul", "Cairo"]
+STATUSES = ["new", "paid", "shipped", "delivered", "returned", "cancelled"]
+
+
+def make_table(rows: int, seed: int = 0) -> pa.Table:
+    """An orders-like table: int64/int32/float64/bool columns plus low- and high-cardinality strings."""
+    rng = np.random.default_rng(seed)
+    sku = pc.binary_join_element_wise("SKU-", pc.cast(pa.array(rng.integers(0, 200_000, rows)), pa.string()), "")
+    return pa.table({
+        "order_id": np.arange(rows, dtype=np.int64),
+        "customer_id": rng.integers(0, 1_000_000, rows, dtype=np.int64),
+        "ts": pa.array(rng.integers(1_600_000_000, 1_700_000_000, rows), pa.int64()).cast(pa.timestamp("s")),
+        "quantity": rng.integers(1, 50, rows, dtype=np.int32),
+        "price": np.round(rng.gamma(2.0, 25.0, rows), 2),
+        "discount": rng.random(rows),
+        "score": rng.standard_normal(rows),
+        "is_member": rng.random(rows) < 0.3,
+        "city": pa.array(np.array(CITIES)[rng.integers(0, len(CITIES), rows)]),
+        "status": pa.array(np.array(STATUSES)[rng.integers(0, len(STATUSES), rows)]),
+        "sku": sku,
+    })
+
+
+def read_pyarrow(paths: list[str]) -> int:
+    return sum(pq.read_table(path).num_rows for path in paths)
+
+
+class FabricRead:
+    """`fabric.data.read(URI)` iterated to the end; remembers when the first batch arrived."""
+
+    def __init__(self) -> None:
+        self.first_batch_s: list[float] = []
+
+    def __call__(self) -> int:
+        start = time.perf_counter()
+        ds = data.read(URI)
+        rows = 0
+        for i, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+            if i == 0:
+                self.first_batch_s.append(time.perf_counter() - start)
+            rows += batch.num_rows
+        return rows
+
+
+def timed(name: str, fn: Callable[[], int], expected_rows: int) -> float:
+    start = time.perf_counter()
+    rows = fn()
+    seconds = time.perf_counter() - start
+    assert rows == expected_rows, f"{name} counted {rows} rows, not {expected_rows}"
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=6_000_000, help="rows in the dataset (at least 2,000,000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each reader")
+    args = parser.parse_args()
+    if args.rows < 2_000_000:
+        parser.error("--rows must be at least 2,000,000")
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    try:
+        table = make_table(args.rows)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # started once, outside every timing
+        data.init(REPO)
+        # A Ray Dataset is written one Parquet file per up to 1,000,000 rows, so the commit holds several files.
+        commit = data.write(URI, ray.data.from_arrow(table), "bench dataset", metadata={"seed": "0"})
+        del table
+        _, paths = data.open_store().read_paths(REPO, commit, "table")
+        row_groups = sum(pq.ParquetFile(path).metadata.num_row_groups for path in paths)
+        size_mb = sum(os.path.getsize(path) for path in paths) / 1e6
+
+        fabric_read = FabricRead()
+        readers: dict[str, Callable[[], int]] = {"pyarrow": lambda: read_pyarrow(paths), "fabric": fabric_read}
+        for name, fn in readers.items():  # warm-up: page cache, Ray worker processes, imports
+            timed(name, fn, args.rows)
+        fabric_read.first_batch_s.clear()
+        times: dict[str, list[float]] = {name: [] for name in readers}
+        for repeat in range(args.repeats):  # interleaved, and each goes first every other time
+            order = list(readers) if repeat % 2 == 0 else list(reversed(readers))
+            for name in order:
+                times[name].append(timed(name, readers[name], args.rows))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(HOME, ignore_errors=True)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rate = {name: args.rows / seconds for name, seconds in median.items()}
+    ratio = rate["fabric"] / rate["pyarrow"]
+    first_batch = statistics.median(fabric_read.first_batch_s)
+
+    print(f"{args.rows:,} rows, {len(paths)} files, {row_groups} row groups, {size_mb:.0f} MB; "
+          f"median of {args.repeats} interleaved runs")
+    print(f"{'reader':<44}{'median s':>10}{'min s':>8}{'max s':>8}{'Mrows/s':>9}{'ratio':>7}")
+    labels = {"pyarrow": "pyarrow.parquet.read_table, file by file", "fabric": "fabric.data.read(uri).iter_batches"}
+    for name in readers:
+        print(f"{labels[name]:<44}{median[name]:>10.3f}{min(times[name]):>8.3f}{max(times[name]):>8.3f}"
+              f"{rate[name] / 1e6:>9.2f}{rate[name] / rate['pyarrow']:>7.2f}")
+    print(f"fabric: first batch after {first_batch:.3f} s (median), target ratio {TARGET_RATIO}")
+    print(json.dumps({
+        "bench": "data_read",
+        "rows": args.rows,
+        "files": len(paths),
+        "row_groups": row_groups,
+        "repeats": args.repeats,
+        "pyarrow_median_s": round(median["pyarrow"], 3),
+        "fabric_median_s": round(median["fabric"], 3),
+        "fabric_first_batch_s": round(first_batch, 3),
+        "pyarrow_rows_per_s": round(rate["pyarrow"]),
+        "fabric_rows_per_s": round(rate["fabric"]),
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+    }))
+
+
+if __name__ == "__main__":
+    main()
