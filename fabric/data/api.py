@@ -52,8 +52,12 @@ def write(
         return store.commit_files(target.repo, target.ref, target.path, Path(tmp), message, metadata or {})
 
 
-def read(uri: str, store: VersionStore | None = None, **ray_kwargs: Any) -> Any:
-    """Reads the Parquet files under the URI's path at its ref (branch, tag or commit id) into a Ray Dataset."""
+def read(uri: str, store: VersionStore | None = None, columns: list[str] | None = None, **ray_kwargs: Any) -> Any:
+    """Reads the Parquet files under the URI's path at its ref (branch, tag or commit id) into a Ray Dataset.
+
+    One block per file, read by :class:`~fabric.data.reader.CommitFiles`. Any other keyword argument goes to
+    ``ray.data.read_parquet`` instead (``filter=``, ``override_num_blocks=``, ...).
+    """
     import ray.data
 
     store = store or open_store()
@@ -61,7 +65,11 @@ def read(uri: str, store: VersionStore | None = None, **ray_kwargs: Any) -> Any:
     fs, paths = store.read_paths(target.repo, store.resolve(target.repo, target.ref), target.path)
     if not paths:
         raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
-    return ray.data.read_parquet(paths, filesystem=fs, **ray_kwargs)
+    if ray_kwargs:
+        return ray.data.read_parquet(paths, filesystem=fs, columns=columns, **ray_kwargs)
+    from fabric.data.reader import CommitFiles
+
+    return ray.data.read_datasource(CommitFiles(fs, paths, columns), override_num_blocks=len(paths))
 
 
 def head(uri: str, n: int = 5, store: VersionStore | None = None) -> Any:

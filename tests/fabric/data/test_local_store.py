@@ -74,3 +74,17 @@ def test_a_writer_killed_mid_commit_leaves_the_branch_where_it_was(tmp_path):
     assert [c.message for c in data.log("lakefs://crash/main", store=store)] == ["Repository created"]
     data.write("lakefs://crash/main/t", pd.DataFrame({"x": [3]}), "after the crash", store=store)  # lock released
     assert data.head("lakefs://crash/main/t", store=store)["x"].tolist() == [3]
+
+
+def test_read_one_block_per_file_some_columns_or_read_parquet_options(tmp_path, ray_session):
+    import ray.data
+
+    store = LocalStore(tmp_path)
+    data.init("reads", store=store)
+    frame = pd.DataFrame({"a": range(2_500), "b": [f"s{i}" for i in range(2_500)]})
+    data.write("lakefs://reads/main/t", ray.data.from_pandas(frame).repartition(1), "one file", store=store)
+    ds = data.read("lakefs://reads/main/t", store=store, columns=["b"])
+    assert ds.schema().names == ["b"] and ds.count() == 2_500
+    assert sorted(r["b"] for r in ds.take_all()) == sorted(frame["b"])
+    via_parquet = data.read("lakefs://reads/main/t", store=store, override_num_blocks=4)
+    assert sorted(r["a"] for r in via_parquet.take_all()) == list(range(2_500))
