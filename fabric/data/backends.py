@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from fabric.data.store import VersionStore
 from fabric.runtime import RuntimeConfig, resolve_stack
 
@@ -21,12 +19,9 @@ def open_store(runtime: RuntimeConfig | None = None) -> VersionStore:
     if stack.data_backend == "lakefs":
         from fabric.data.lakefs_store import LakeFSStore
 
-        cfg = runtime.lakefs
+        cfg = runtime.lakefs  # empty credentials: the store reads LAKECTL_CREDENTIALS_*
         return LakeFSStore(
-            stack.data_location,
-            cfg.access_key_id or os.environ.get("LAKECTL_CREDENTIALS_ACCESS_KEY_ID"),
-            cfg.secret_access_key or os.environ.get("LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY"),
-            storage_namespace=cfg.storage_namespace,
+            stack.data_location, cfg.access_key_id, cfg.secret_access_key, storage_namespace=cfg.storage_namespace
         )
     from fabric.data.local_store import LocalStore
 
