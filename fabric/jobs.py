@@ -97,7 +97,8 @@ def submit(
     entrypoint = build_entrypoint(ref, config_path, overrides, root)
     runtime_env = build_runtime_env(runtime.ray.runtime_env if runtime else {}, root)
     client = _client(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"workload": workload.name})
+    job_id = _submit_when_ready(client, entrypoint=entrypoint, runtime_env=runtime_env,
+                                metadata={"workload": workload.name})
     echo(f"submitted job {job_id}: {entrypoint}\n")
     if not wait:
         return JobOutcome(job_id, "PENDING")
@@ -127,6 +128,18 @@ def _auth_headers() -> dict[str, str]:
     if not token_file.is_file():
         return {}
     return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+
+
+def _submit_when_ready(client: Any, timeout_s: float = 90.0, **job: Any) -> str:
+    """Submits the job, waiting while a freshly started head has no job agent yet (Ray answers 500 then)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 async def _tail(client: Any, job_id: str, echo: Callable[[str], None]) -> None:

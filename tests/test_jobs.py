@@ -119,3 +119,19 @@ def test_no_wait_returns_the_submission_id(ray_head):
         assert time.monotonic() < deadline, f"the --no-wait job did not finish: {status}"
         time.sleep(2)
     assert f"job '{job_id.lower()}' succeeded" in status
+
+
+def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head):
+    """The third entry point: Ray's own CLI with the documented line, and the same result as `fabric submit`."""
+    address, env = ray_head
+    args = ["--config", "configs/smoke.yaml", "train.epochs=1"]
+    via_fabric = last_json(submit(address, env, "smoke", *args).stdout, "test_accuracy")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+         "--", "python", "-m", "workloads.smoke", *args],
+        capture_output=True, text=True, cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"}, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    via_ray = last_json(out.stdout, "test_accuracy")
+    keys = ("dataset", "train_rows", "test_rows", "epochs", "final_train_loss", "test_accuracy")
+    assert {k: via_ray[k] for k in keys} == {k: via_fabric[k] for k in keys}
