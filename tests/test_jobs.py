@@ -37,9 +37,13 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-            "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+            # Fixed defaults such as the agent's 52365 are taken by this session's embedded Ray: pick free ones.
+            *(f"--{name}={free_port()}" for name in (
+                "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
+                "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+            )),
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
