@@ -27,6 +27,7 @@ def main() -> int:
             failed.append(script.name)
             print(out.stdout[-2000:], out.stderr[-2000:], sep="\n")
             continue
+        print(lines[-1], flush=True)
         rows += [(script.stem, key, value) for key, value in figures.items() if key != "bench"]
     width = max((len(f"{b}.{k}") for b, k, _ in rows), default=10)
     print(f"\n{'figure':<{width}}  value")
