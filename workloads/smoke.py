@@ -60,10 +60,11 @@ def main(cfg: Config) -> dict[str, Any]:
     from fabric import data
     from fabric.tracking import start_run
 
-    source = data.pin(cfg.data.uri, store=data.open_store(cfg.runtime)) if cfg.data.uri else None
+    store = data.open_store(cfg.runtime)
+    source = data.pin(cfg.data.uri, store=store) if cfg.data.uri else None
     tags = {"fabric.data.uri": source, "fabric.data.commit": data.DataURI.parse(source).ref} if source else {}
     with start_run(cfg, run_name="smoke", tags=tags) as run:
-        dataset = read_source(cfg, source)
+        dataset = read_source(cfg, source, store)
         train_ds, test_ds, n_features, n_classes = split_and_scale(dataset, cfg.data)
         print(f"[smoke] {source or cfg.data.dataset}: {train_ds.count()} train rows, {test_ds.count()} test rows",
               flush=True)
@@ -87,7 +88,7 @@ def main(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def read_source(cfg: Config, source: str | None) -> Any:
+def read_source(cfg: Config, source: str | None, store: Any) -> Any:
     """The training table as a Ray Dataset: the pinned versioned dataset (validated first) or a scikit-learn set."""
     import pandas as pd
     import ray.data
@@ -96,7 +97,7 @@ def read_source(cfg: Config, source: str | None) -> Any:
     from fabric import data
 
     if source:
-        dataset = data.read(source, store=data.open_store(cfg.runtime))
+        dataset = data.read(source, store=store)
         if cfg.data.validation_schema:
             report = data.validate(dataset, cfg.data.validation_schema, source=source, raise_on_error=False)
             report.log_to_mlflow()

@@ -60,11 +60,7 @@ def read(uri: str, store: VersionStore | None = None, columns: list[str] | None 
     """
     import ray.data
 
-    store = store or open_store()
-    target = DataURI.parse(uri)
-    fs, paths = store.read_paths(target.repo, store.resolve(target.repo, target.ref), target.path)
-    if not paths:
-        raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
+    fs, paths = _files(uri, store)
     if ray_kwargs:
         return ray.data.read_parquet(paths, filesystem=fs, columns=columns, **ray_kwargs)
     from fabric.data.reader import CommitFiles
@@ -77,11 +73,7 @@ def head(uri: str, n: int = 5, store: VersionStore | None = None) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    store = store or open_store()
-    target = DataURI.parse(uri)
-    fs, paths = store.read_paths(target.repo, store.resolve(target.repo, target.ref), target.path)
-    if not paths:
-        raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
+    fs, paths = _files(uri, store)
     tables, rows = [], 0
     for path in paths:
         with fs.open(path, "rb") as handle:
@@ -129,6 +121,15 @@ def log(uri: str, limit: int | None = None, store: VersionStore | None = None) -
     """Commits reachable from the URI's ref, newest first."""
     target = DataURI.parse(uri, need_path=False)
     return (store or open_store()).log(target.repo, target.ref, limit)
+
+
+def _files(uri: str, store: VersionStore | None) -> tuple[Any, list[str]]:
+    """The filesystem and paths of the files under the URI's path at its ref; none is an error naming them."""
+    target = DataURI.parse(uri)
+    fs, paths = (store or open_store()).read_paths(target.repo, target.ref, target.path)
+    if not paths:
+        raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
+    return fs, paths
 
 
 def _write_parquet(data: Any, folder: Path) -> None:

@@ -217,9 +217,9 @@ class LakeFSStore:
             objects = self._repo(repo).ref(ref).objects(prefix=_dir_prefix(prefix) or None)
             return sorted(obj.path for obj in objects)
 
-    def read_paths(self, repo: str, commit_id: str, prefix: str) -> tuple[Any, list[str]]:
+    def read_paths(self, repo: str, ref: str, prefix: str) -> tuple[Any, list[str]]:
         """A ``LakeFSFileSystem`` and the ``repo/<commit id>/<path>`` paths of the files under ``prefix``."""
-        commit_id = self.resolve(repo, commit_id)
+        commit_id = self.resolve(repo, ref)
         paths = [f"{repo}/{commit_id}/{path}" for path in self.list_files(repo, commit_id, prefix)]
         return self._fs(), paths
 

@@ -143,10 +143,10 @@ class LocalStore:
         prefix = prefix.strip("/")
         return sorted(p for p in self._tree(repo, self.resolve(repo, ref)) if _under(p, prefix))
 
-    def read_paths(self, repo: str, commit_id: str, prefix: str) -> tuple[Any, list[str]]:
+    def read_paths(self, repo: str, ref: str, prefix: str) -> tuple[Any, list[str]]:
         from fsspec.implementations.local import LocalFileSystem
 
-        tree = self._tree(repo, self.resolve(repo, commit_id))
+        tree = self._tree(repo, self.resolve(repo, ref))
         objects = self._repo(repo) / "objects"
         paths = [str(objects / tree[p][:2] / tree[p]) for p in sorted(tree) if _under(p, prefix.strip("/"))]
         return LocalFileSystem(), paths

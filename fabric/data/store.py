@@ -94,8 +94,11 @@ class VersionStore(Protocol):
     def list_files(self, repo: str, ref: str, prefix: str) -> list[str]:
         """Paths of the files under ``prefix`` at ``ref``, sorted."""
 
-    def read_paths(self, repo: str, commit_id: str, prefix: str) -> tuple[Any, list[str]]:
-        """A pickleable fsspec filesystem and the paths on it of the files under ``prefix`` at ``commit_id``."""
+    def read_paths(self, repo: str, ref: str, prefix: str) -> tuple[Any, list[str]]:
+        """A pickleable fsspec filesystem and the paths on it of the files under ``prefix`` at ``ref``.
+
+        ``ref`` is resolved to its commit id first, so the paths keep naming that commit's files.
+        """
 
     def diff(self, repo: str, left: str, right: str, prefix: str = "") -> list[Change]:
         """Paths that differ between refs ``left`` and ``right``."""
