@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fabric.cli import config_cmds, data_cmds
+from fabric.cli import config_cmds, data_cmds, models_cmds
 from fabric.cli._output import JSON_OPTION, emit, fail
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(data_cmds.app, name="data")
+app.add_typer(models_cmds.app, name="models")
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; defaults apply when omitted.")
 OVERRIDES_ARG = typer.Argument(None, help="Dotted key=value overrides, e.g. train.epochs=3.", show_default=False)
