@@ -151,10 +151,14 @@ def resolve_stack(cfg: RuntimeConfig | None = None) -> Stack:
     )
 
 
-def init_ray(cfg: RayConfig | None = None) -> dict[str, float]:
+def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[str, float]:
     """Connects to the configured Ray cluster or starts an embedded one; returns the cluster's resources.
 
     Does nothing when Ray is already initialised in this process (a test session, a Ray job's driver).
+    The embedded Ray runs its dashboard on a free local port, and every worker is told its address
+    (``RAY_API_SERVER_ADDRESS``): Ray Train's placement-group cleaner asks the State API whether a
+    controller is still alive, and without it a trial that Tune stops early would keep its CPUs forever. The
+    explicit address also stops the State API from finding another Ray started later on the same machine.
     """
     import ray
 
@@ -162,16 +166,29 @@ def init_ray(cfg: RayConfig | None = None) -> dict[str, float]:
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=log_to_driver)
         else:
+            port = _free_port()
             ray.init(
                 address="local",  # never attach to a stray `ray start` cluster by accident
                 num_cpus=cfg.num_cpus or os.cpu_count(),
                 num_gpus=cfg.num_gpus,
                 object_store_memory=cfg.object_store_memory_mb * 1024**2 if cfg.object_store_memory_mb else None,
-                include_dashboard=False,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=port,
+                runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+                log_to_driver=log_to_driver,
             )
     return ray.cluster_resources()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def setup_mlflow(cfg: MlflowConfig | None = None) -> str:

@@ -37,10 +37,9 @@ def ray_session():
     """The one embedded Ray of this test session (2 CPUs pinned)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False
-        )
+    from fabric.runtime import RayConfig, init_ray
+
+    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512), log_to_driver=False)
     yield ray
     ray.shutdown()
 
