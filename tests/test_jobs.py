@@ -139,3 +139,19 @@ def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head):
     via_ray = last_json(out.stdout, "test_accuracy")
     keys = ("dataset", "train_rows", "test_rows", "epochs", "final_train_loss", "test_accuracy")
     assert {k: via_ray[k] for k in keys} == {k: via_fabric[k] for k in keys}
+
+
+def test_train_and_tune_tabular_jobs_register_a_model(ray_head):
+    """The training issue's `fabric submit` path: both workloads finish on a real head and register a version."""
+    address, env = ray_head
+    tiny = ["runtime.ray.num_cpus=2", "scaling.num_workers=1", "registry.model_name=jobs-tabular"]
+    out = submit(address, env, "train_tabular", "--config", "configs/tabular/train.yaml", "train.epochs=1", *tiny)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trained = last_json(out.stdout, "data_commit")
+    assert trained["version"] == "1" and trained["promotion"] == "promoted"
+    out = submit(address, env, "tune_tabular", "--config", "configs/tabular/tune.yaml", "train.epochs=2",
+                 "tune.num_samples=2", "tune.grace_period=1", *tiny)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    tuned = last_json(out.stdout, "best_params")
+    assert tuned["trials"] == 2 and tuned["version"] == "2"
+    assert tuned["data_commit"] == trained["data_commit"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from fabric.tabular.config import TabularConfig
 
-__all__ = ["data_tags", "train"]
+__all__ = ["data_tags", "train_model"]
 
 
 def data_tags(prepared: Any) -> dict[str, str]:
@@ -16,7 +16,7 @@ def data_tags(prepared: Any) -> dict[str, str]:
             "fabric.data.source_uri": prepared.uri}
 
 
-def train(cfg: TabularConfig, run_name: str = "train_tabular") -> dict[str, Any]:
+def train_model(cfg: TabularConfig, run_name: str = "train_tabular") -> dict[str, Any]:
     """Trains the configured model in a new MLflow run and returns a summary (metrics, run id, version)."""
     import mlflow
 

@@ -108,6 +108,9 @@ def _maybe_die(config: dict[str, Any], epoch: int) -> None:
             and not marker.exists()):
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"killed at epoch {epoch}\n")
+        # Ray Train collects reports when it polls the workers (every 2 s by default): let it collect the last
+        # epoch's checkpoint first, as it would have in any run that had been going for a while.
+        time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
         print(f"[train] fault drill: worker process {os.getpid()} dies now, in epoch {epoch}", flush=True)
         os._exit(1)
 
