@@ -24,10 +24,12 @@ demo: $(STAMP)
 	@echo "== ingest: commit scikit-learn's breast cancer table to the versioned store (lakefs://demo/main/...)"
 	$(BIN)/fabric run ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
 	$(BIN)/fabric data log lakefs://demo/main -n 3
-	@echo "== train: validate that commit, then Ray Data + Ray Train (2 workers), everything logged to MLflow"
-	$(BIN)/fabric run smoke --config configs/smoke_versioned.yaml
-	@echo "== done: ingested a dataset as a commit, validated it, trained and scored a model with Ray Train, and"
-	@echo "   logged config, data commit id, validation report, metrics and checkpoint to MLflow. Browse the run:"
+	@echo "== train: pin and validate that commit, train with Ray Train (2 workers), log to MLflow, register, gate"
+	$(BIN)/fabric run train_tabular --config configs/tabular/train.yaml
+	$(BIN)/fabric models show breast-cancer
+	@echo "== done: ingested a dataset as a commit, validated it, trained a model with Ray Train, logged config, data"
+	@echo "   commit id, validation report, per-epoch metrics, pyfunc and ONNX models, registered it and ran the"
+	@echo "   promotion gate. Browse the run:"
 	@echo "   $(BIN)/mlflow ui --backend-store-uri sqlite:///$$(pwd)/.fabric/mlflow/mlflow.db"
 
 test: $(STAMP)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory, cli_env):
+def mlflow_server(tmp_path_factory):
+    cli_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     folder = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,9 +23,9 @@ class Config(TabularConfig):
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    from fabric.tabular import train
+    from fabric.tabular import train_model
 
-    return train(cfg)
+    return train_model(cfg)
 
 
 if __name__ == "__main__":

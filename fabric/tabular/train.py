@@ -26,6 +26,7 @@ from fabric.tabular.prepare import Prepared
 __all__ = ["ParityError", "build_trainer", "finish", "load_checkpoint", "loop_config", "torch_loop", "xgboost_loop"]
 
 STATE = "train_state.pt"
+SHUFFLE_WINDOW = 128  # batches per window handed over by Ray Data and shuffled on the worker
 
 
 class ParityError(AssertionError):
@@ -154,19 +155,25 @@ def torch_loop(config: dict[str, Any]) -> None:
         model.train()
         total, rows = 0.0, 0
         started = time.perf_counter()
-        for i, batch in enumerate(train_shard.iter_torch_batches(
-                batch_size=hp["batch_size"], local_shuffle_buffer_size=4 * hp["batch_size"],
-                local_shuffle_seed=config["seed"] + epoch, device=device)):
-            if i == 2:
-                _maybe_die(config, epoch)
-            loss = loss_fn(model(batch["features"]), batch["label"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, rows = total + loss.item() * len(batch["label"]), rows + len(batch["label"])
+        generator = torch.Generator().manual_seed(config["seed"] * 1000 + epoch * 10 + rank)
+        # Ray Data hands over windows of many batches; they are shuffled and cut into batches here, on the device:
+        # a local shuffle (like ``local_shuffle_buffer_size``) without Ray Data's per-batch overhead.
+        for w, window in enumerate(train_shard.iter_torch_batches(
+                batch_size=hp["batch_size"] * SHUFFLE_WINDOW, prefetch_batches=2, device=device)):
+            x, y = window["features"], window["label"]
+            order = torch.randperm(len(y), generator=generator).to(y.device)
+            for i in range(0, len(y), hp["batch_size"]):
+                if w == 0 and i == 2 * hp["batch_size"]:
+                    _maybe_die(config, epoch)
+                idx = order[i:i + hp["batch_size"]]
+                loss = loss_fn(model(x[idx]), y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, rows = total + loss.detach() * len(idx), rows + len(idx)
         # Throughput of the training steps alone (shards are equal, so the world processed rows * world).
         samples_per_s = rows * world / (time.perf_counter() - started)
-        metrics = {"epoch": epoch, "train_loss": total / max(rows, 1), **_validate(model, valid_shard, meta, device),
+        metrics = {"epoch": epoch, "train_loss": float(total) / max(rows, 1), **_validate(model, valid_shard, meta, device),
                    "samples_per_s": samples_per_s}
         print(f"[train] epoch {epoch + 1}/{hp['epochs']} rank {rank}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "samples_per_s"))

@@ -9,6 +9,7 @@ checkpoint is then evaluated, logged and registered exactly as a single training
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from fabric.tabular.config import TabularConfig
 __all__ = ["TuneConfig", "TuneTabularConfig", "tune"]
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
+JSON_PREFIX = "json:"
 DRIVER_CPU = 0.05  # Ray refuses an empty resource request
 
 
@@ -88,10 +90,18 @@ def _param_space(cfg: TuneConfig) -> dict[str, Any]:
     space = {}
     for key, spec in cfg.space.items():
         kind, args = next(iter(spec.items()))
-        # Optuna needs hashable choices: lists (e.g. hidden sizes) are offered as tuples, turned back into lists.
-        space[key] = rt.choice([tuple(a) if isinstance(a, list) else a for a in args]) if kind == "choice" \
-            else make[kind](*args)
+        # Optuna's choices must be scalars: lists (e.g. hidden sizes) travel as JSON text, decoded in the trial.
+        space[key] = rt.choice([_encode(a) for a in args]) if kind == "choice" else make[kind](*args)
     return space
+
+
+def _encode(value: Any) -> Any:
+    return JSON_PREFIX + json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _decode(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.loads(v[len(JSON_PREFIX):]) if isinstance(v, str) and v.startswith(JSON_PREFIX) else v
+            for k, v in params.items()}
 
 
 def _trial(params: dict[str, Any], base: dict[str, Any], prepared: Any, parent_run_id: str, tracking_uri: str,
@@ -103,7 +113,7 @@ def _trial(params: dict[str, Any], base: dict[str, Any], prepared: Any, parent_r
 
     from fabric.tabular.train import build_trainer, loop_config
 
-    values = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    values = _decode(params)
     merged = base
     for key, value in values.items():
         merged = _with(merged, key, value)
@@ -169,7 +179,7 @@ def tune(cfg: TuneTabularConfig, run_name: str = "tune_tabular") -> dict[str, An
         best = grid.get_best_result(metric=cfg.tune.metric, mode="min", scope="last")
         if best is None or not best.metrics or "checkpoint_path" not in best.metrics:
             raise RuntimeError(f"no trial finished with a checkpoint ({len(errors)} of {len(grid)} trials failed)")
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in best.config.items()}
+        params = _decode(best.config)
         stopped = sum(1 for r in grid if r.metrics and r.metrics.get("training_iteration", max_t) < max_t)
         mlflow.log_params({f"best.{k}": v for k, v in params.items()})
         mlflow.log_metrics({"best_val_loss": float(best.metrics[cfg.tune.metric]), "trials": len(grid),
