@@ -15,7 +15,8 @@ the other in this process:
 The figure compared is throughput of the training steps (rows / time of the epoch's batch loop, validation and
 checkpointing excluded), median over epochs after the first (warm-up). End-to-end wall times, start-up
 included, are printed too. Target: fabric1 at least 0.85x of plain. Each epoch starts a new Ray Data stream
-over the worker's shard, a fixed cost of a few tenths of a second that the default million rows amortise. The last line is one JSON object.
+over the worker's shard, a fixed cost of a few tenths of a second that the default million rows amortise.
+The last line is one JSON object.
 """
 
 from __future__ import annotations

@@ -173,8 +173,8 @@ def torch_loop(config: dict[str, Any]) -> None:
                 total, rows = total + loss.detach() * len(idx), rows + len(idx)
         # Throughput of the training steps alone (shards are equal, so the world processed rows * world).
         samples_per_s = rows * world / (time.perf_counter() - started)
-        metrics = {"epoch": epoch, "train_loss": float(total) / max(rows, 1), **_validate(model, valid_shard, meta, device),
-                   "samples_per_s": samples_per_s}
+        metrics = {"epoch": epoch, "train_loss": float(total) / max(rows, 1),
+                   **_validate(model, valid_shard, meta, device), "samples_per_s": samples_per_s}
         print(f"[train] epoch {epoch + 1}/{hp['epochs']} rank {rank}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("epoch", "samples_per_s"))
             + f", {samples_per_s:,.0f} samples/s", flush=True)
