@@ -18,7 +18,8 @@ from fabric.config import FabricConfig
 
 __all__ = ["PACKAGES", "code_version", "package_versions", "start_run"]
 
-PACKAGES = ["llmops-fabric", "ray", "torch", "mlflow", "transformers", "peft", "pandas", "pyarrow", "scikit-learn"]
+PACKAGES = ["llmops-fabric", "ray", "torch", "mlflow", "transformers", "peft", "pandas", "pyarrow", "scikit-learn",
+            "xgboost", "onnxruntime", "optuna"]
 
 
 @contextlib.contextmanager

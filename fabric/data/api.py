@@ -55,17 +55,19 @@ def write(
 def read(uri: str, store: VersionStore | None = None, columns: list[str] | None = None, **ray_kwargs: Any) -> Any:
     """Reads the Parquet files under the URI's path at its ref (branch, tag or commit id) into a Ray Dataset.
 
-    One block per file, read by :class:`~fabric.data.reader.CommitFiles`. Any other keyword argument goes to
-    ``ray.data.read_parquet`` instead (``filter=``, ``override_num_blocks=``, ...).
+    One block per file, by :func:`~fabric.data.reader.read_commit`: read at once with one Ray task per file (a
+    materialised Dataset, in file order) when the data fits comfortably in the object store, else streamed by
+    Ray Data. Any other keyword argument goes to ``ray.data.read_parquet`` instead (``filter=``,
+    ``override_num_blocks=``, ...).
     """
     import ray.data
 
     fs, paths = _files(uri, store)
     if ray_kwargs:
         return ray.data.read_parquet(paths, filesystem=fs, columns=columns, **ray_kwargs)
-    from fabric.data.reader import CommitFiles
+    from fabric.data.reader import read_commit
 
-    return ray.data.read_datasource(CommitFiles(fs, paths, columns), override_num_blocks=len(paths))
+    return read_commit(fs, paths, columns)
 
 
 def head(uri: str, n: int = 5, store: VersionStore | None = None) -> Any:
