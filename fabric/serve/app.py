@@ -1,0 +1,325 @@
+"""The Ray Serve application behind ``fabric serve up``: a gateway in front of one deployment per model.
+
+* ``ModelServer`` (one deployment per registered model): loads the version its alias points at, follows the
+  alias when it moves (hot reload, no restart), and answers with dynamic batching (``@serve.batch``): concurrent
+  requests are merged into one model call.
+* ``Gateway`` (the FastAPI ingress): API keys with roles, request size limit, the V2 and MLflow protocols with
+  validation against the model's features, request ids, and Prometheus metrics through ``ray.serve.metrics``.
+
+``build_app(cfg)`` binds both; ``app_builder(args)`` is the same for Ray's own ``serve deploy`` / ``serve run``
+(``import_path: fabric.serve.app:app_builder``, ``args: {config: configs/serve/tabular.yaml}``).
+"""
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from fabric.serve.config import ModelRoute, ServeConfig
+from fabric.serve.keys import Keyring
+from fabric.serve.protocols import (
+    RequestError,
+    frame_from_mlflow,
+    frame_from_v2,
+    mlflow_response,
+    v2_metadata,
+    v2_response,
+)
+
+__all__ = ["Gateway", "ModelServer", "app_builder", "build_app"]
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class ModelServer:
+    """One registered model: the version behind its alias, batched predictions, hot reload on alias moves."""
+
+    def __init__(self, route: dict, tracking_uri: str):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        self.route = ModelRoute(**route)
+        self.models: dict[str, tuple[dict[str, Any], Any]] = {}
+        self.live = self._alias_version()
+        self._load(self.live)
+        self._batched.set_max_batch_size(self.route.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.route.batch_wait_timeout_s)
+        from ray.serve.metrics import Histogram
+
+        self.batch_sizes = Histogram("fabric_batch_size", description="Rows merged into one model call.",
+                                     boundaries=[1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("model", "version"))
+        threading.Thread(target=self._follow_alias, daemon=True, name="follow-alias").start()
+
+    def _alias_version(self) -> str:
+        from mlflow import MlflowClient
+
+        return str(MlflowClient().get_model_version_by_alias(self.route.name, self.route.alias).version)
+
+    def _load(self, version: str) -> None:
+        import mlflow.pyfunc
+
+        if version in self.models:
+            return
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.route.name}/{version}")
+        inner = pyfunc.unwrap_python_model()
+        if not hasattr(inner, "meta"):
+            raise TypeError(f"{self.route.name} version {version} is not a fabric tabular model")
+        self.models[version] = (inner.meta, inner.model)
+
+    def _follow_alias(self) -> None:
+        while True:
+            time.sleep(self.route.reload_interval_s)
+            try:
+                self.reload()
+            except Exception as exc:  # a registry hiccup must not kill the replica; the live model stays
+                log.warning("fabric: could not check alias %s@%s: %s", self.route.name, self.route.alias, exc)
+
+    def reload(self) -> dict[str, str]:
+        """Loads the version the alias points at now and makes it live (a no-op if unchanged)."""
+        version = self._alias_version()
+        if version != self.live:
+            self._load(version)
+            previous, self.live = self.live, version
+            log.info("fabric: %s@%s moved from version %s to %s", self.route.name, self.route.alias, previous, version)
+        return {"model": self.route.name, "alias": self.route.alias, "version": self.live}
+
+    def info(self) -> dict[str, Any]:
+        meta, _ = self.models[self.live]
+        return {"name": self.route.name, "alias": self.route.alias, "live": self.live, "loaded": sorted(self.models),
+                "meta": {k: meta[k] for k in ("features", "task", "n_outputs", "model_type")}}
+
+    async def predict(self, frame: pd.DataFrame, version: str | None = None) -> tuple[str, pd.DataFrame]:
+        return await self._batched((version or self.live, frame))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame]]:
+        from fabric.tabular.models import predict_frame
+
+        results: list[Any] = [None] * len(items)
+        for version in {v for v, _ in items}:
+            if version not in self.models:
+                self._load(version)
+            meta, model = self.models[version]
+            positions = [i for i, (v, _) in enumerate(items) if v == version]
+            frames = [items[i][1] for i in positions]
+            output = predict_frame(meta, model, pd.concat(frames, ignore_index=True))
+            self.batch_sizes.observe(len(output), tags={"model": self.route.name, "version": version})
+            start = 0
+            for i, frame in zip(positions, frames, strict=True):
+                results[i] = (version, output.iloc[start:start + len(frame)].reset_index(drop=True))
+                start += len(frame)
+        return results
+
+
+api = FastAPI(title="fabric model serving", description="KServe V2 and MLflow scoring endpoints for registered "
+              "models. Send `Authorization: Bearer KEY`.")
+
+
+@serve.deployment
+@serve.ingress(api)
+class Gateway:
+    """HTTP front: auth, limits, protocols, metrics; calls the model deployments."""
+
+    def __init__(self, models: dict[str, Any], hashed_keys: dict[str, str], auth_required: bool,
+                 max_request_bytes: int, log_payloads: bool = False):
+        from ray.serve.metrics import Counter, Histogram
+
+        self.handles = models
+        self.default = next(iter(models))
+        self.keys = Keyring(hashed_keys)
+        self.auth_required = auth_required
+        self.max_request_bytes = max_request_bytes
+        self.log_payloads = log_payloads
+        self.requests = Counter("fabric_requests", description="Requests by model, version, endpoint and status.",
+                                tag_keys=("model", "version", "endpoint", "status"))
+        self.latency = Histogram("fabric_request_latency_ms", description="Request latency in milliseconds.",
+                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+                                 tag_keys=("model", "version", "endpoint"))
+        self.infos: dict[str, dict[str, Any]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    async def _info(self, name: str) -> dict[str, Any]:
+        if name not in self.handles:
+            raise RequestError(f"model {name!r} is not served here; served: {', '.join(self.handles)}", 404)
+        if name not in self.infos:
+            self.infos[name] = await self.handles[name].info.remote()
+        return self.infos[name]
+
+    def _authorize(self, request: Request, role: str) -> None:
+        if not self.auth_required:
+            return
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        if not key:
+            raise RequestError("missing API key: send `Authorization: Bearer KEY`", 401)
+        granted = self.keys.role(key)
+        if granted is None:
+            raise RequestError("invalid API key", 401)
+        if not Keyring.allows(granted, role):
+            raise RequestError(f"this key has role {granted!r}; this endpoint needs {role!r}", 403)
+
+    async def _json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise RequestError(f"request body of {declared} bytes is over the limit of {self.max_request_bytes}", 413)
+        body = await request.body()
+        if len(body) > self.max_request_bytes:
+            raise RequestError(f"request body of {len(body)} bytes is over the limit of {self.max_request_bytes}", 413)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+
+    async def _serve(self, request: Request, endpoint: str, name: str, work: Any) -> JSONResponse:
+        """Runs ``work()`` with auth, errors as 4xx JSON, a request id, metrics and optional payload logging."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started, version, status = time.perf_counter(), "-", 200
+        try:
+            version, body = await work(request_id)
+            response = JSONResponse(body)
+        except RequestError as exc:
+            status = exc.status
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            response = JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
+        response.headers["x-request-id"] = request_id
+        self.requests.inc(tags={"model": name, "version": version, "endpoint": endpoint, "status": str(status)})
+        self.latency.observe((time.perf_counter() - started) * 1000,
+                             tags={"model": name, "version": version, "endpoint": endpoint})
+        return response
+
+    async def _predict(self, request: Request, name: str, parse: Any, version: str | None = None) -> Any:
+        self._authorize(request, "predict")
+        info = await self._info(name)
+        frame = parse(await self._json(request), info["meta"]["features"])
+        used, output = await self.handles[name].predict.remote(frame, version)
+        if self.log_payloads:
+            log.info("fabric payload %s v%s in=%s out=%s", name, used, frame.to_dict("records"),
+                     output.to_dict("records"))
+        return used, output
+
+    # -- KServe Open Inference Protocol v2 ---------------------------------------------------------------------
+
+    @api.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> dict[str, bool]:
+        for name in self.handles:
+            await self._info(name)
+        return {"ready": True}
+
+    @api.get("/v2")
+    async def server_metadata(self) -> dict[str, Any]:
+        import importlib.metadata
+
+        return {"name": "fabric", "version": importlib.metadata.version("llmops-fabric"), "extensions": []}
+
+    @api.get("/v2/models/{name}")
+    async def model_metadata(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            self._authorize(request, "predict")
+            info = await self._info(name)
+            return info["live"], v2_metadata(name, info["loaded"], info["meta"])
+
+        return await self._serve(request, "metadata", name, work)
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            info = await self._info(name)
+            return info["live"], {"name": name, "ready": True}
+
+        return await self._serve(request, "ready", name, work)
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> JSONResponse:
+        async def work(request_id: str) -> Any:
+            used, output = await self._predict(request, name, frame_from_v2)
+            return used, v2_response(name, used, output, request_id)
+
+        return await self._serve(request, "v2_infer", name, work)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version(self, name: str, version: str, request: Request) -> JSONResponse:
+        async def work(request_id: str) -> Any:
+            used, output = await self._predict(request, name, frame_from_v2, version)
+            return used, v2_response(name, used, output, request_id)
+
+        return await self._serve(request, "v2_infer", name, work)
+
+    # -- MLflow scoring protocol -------------------------------------------------------------------------------
+
+    @api.post("/invocations")
+    async def invocations(self, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            used, output = await self._predict(request, self.default, frame_from_mlflow)
+            return used, mlflow_response(output)
+
+        return await self._serve(request, "invocations", self.default, work)
+
+    @api.post("/models/{name}/invocations")
+    async def model_invocations(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            used, output = await self._predict(request, name, frame_from_mlflow)
+            return used, mlflow_response(output)
+
+        return await self._serve(request, "invocations", name, work)
+
+    # -- admin ---------------------------------------------------------------------------------------------------
+
+    @api.post("/admin/models/{name}/reload")
+    async def reload(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            self._authorize(request, "admin")
+            await self._info(name)
+            state = await self.handles[name].reload.remote()
+            self.infos.pop(name, None)
+            return state["version"], state
+
+        return await self._serve(request, "reload", name, work)
+
+
+def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
+    """The bound application for ``cfg`` (keys read and hashed here; the plain keys never leave this process)."""
+    import mlflow
+
+    from fabric.config import ConfigError
+
+    keys = Keyring.load(cfg.auth.keys_file)
+    if cfg.auth.required and not len(keys):
+        raise ConfigError("auth.required is true but no API keys are configured: set FABRIC_API_KEYS=KEY:ROLE[,...] "
+                          "or auth.keys_file (or auth.required=false for an open endpoint)")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    models = {}
+    for route in cfg.models:
+        options: dict[str, Any] = {
+            "name": f"model-{route.name}",
+            "ray_actor_options": {"num_cpus": route.num_cpus, "num_gpus": route.num_gpus},
+            "max_ongoing_requests": max(2 * route.max_batch_size, 8),
+        }
+        if route.autoscaling:
+            options["autoscaling_config"] = route.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = route.num_replicas
+        models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
+    return Gateway.options(ray_actor_options={"num_cpus": 0.25}).bind(
+        models, keys.hashed, cfg.auth.required, cfg.max_request_bytes, cfg.log_payloads)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Entry point for Ray's ``serve deploy``/``serve run``: ``args: {config: PATH, overrides: [k=v, ...]}``."""
+    from fabric.runtime import setup_mlflow
+
+    cfg = ServeConfig.from_yaml(args["config"], list(args.get("overrides") or []))
+    setup_mlflow(cfg.runtime.mlflow)
+    return build_app(cfg)

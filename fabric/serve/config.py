@@ -1,0 +1,70 @@
+"""What `fabric serve up` deploys: registered models by alias, their replicas and batching, auth and limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from fabric.config import FabricConfig, Field
+from fabric.runtime import RuntimeConfig
+
+__all__ = ["AuthConfig", "AutoscalingConfig", "ModelRoute", "ServeConfig"]
+
+
+class AutoscalingConfig(FabricConfig):
+    """Ray Serve autoscaling of a model's replicas."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(4, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Requests in flight per replica to aim for.")
+
+
+class ModelRoute(FabricConfig):
+    """One registered model served under its name: /v2/models/NAME/infer and (the first model) /invocations."""
+
+    name: str = Field(..., min_length=1, description="Registered model name in the MLflow registry.")
+    alias: str = Field("champion", min_length=1, description="Alias to serve; the server follows it when it moves.")
+    num_replicas: int = Field(1, ge=1, description="Replicas (ignored when autoscaling is set).")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale replicas instead of a fixed number.")
+    max_batch_size: int = Field(32, ge=1, description="Requests merged into one model call (@serve.batch).")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a cluster with GPUs).")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often replicas check whether the alias moved.")
+
+
+class AuthConfig(FabricConfig):
+    """API keys with roles: `predict` for inference, `admin` for rollouts and reloads (and inference)."""
+
+    required: bool = Field(
+        True, description="Refuse requests without a valid key. With no keys configured the app will not start."
+    )
+    keys_file: str | None = Field(
+        None, description="File of `KEY:ROLE` or `sha256:HEX:ROLE` lines, added to FABRIC_API_KEYS (KEY:ROLE,...)."
+    )
+
+
+class ServeConfig(FabricConfig):
+    """A Ray Serve application of registered models."""
+
+    name: str = Field("fabric", min_length=1, description="Ray Serve application name.")
+    route_prefix: str = Field("/", description="HTTP path the application is mounted at.")
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0 on a cluster).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
+    models: list[ModelRoute] = Field(..., min_length=1, description="The models to serve; the first answers "
+                                     "/invocations.")
+    max_request_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    log_payloads: Literal[False, True] = Field(
+        False, description="Write request inputs and outputs to the server log (never keys). Off by default."
+    )
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Where Ray and MLflow are.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeConfig:
+        names = [m.name for m in self.models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"models: each name once; repeated: {', '.join(duplicated)}")
+        return self

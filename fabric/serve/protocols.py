@@ -1,0 +1,155 @@
+"""The wire formats a model answers in, as pure functions (no Ray): KServe's Open Inference Protocol v2 and
+MLflow's scoring format. Every malformed request becomes a :class:`RequestError` with a 4xx status and a
+message naming the field.
+
+V2 (``POST /v2/models/NAME/infer``): either one 1-D tensor per feature column (``name`` = column, ``shape``
+``[n]``), or one 2-D tensor ``[n, n_features]`` with the columns in the model's order. The response has one
+output tensor per output column (``prediction``, ``probability_<k>``).
+
+MLflow (``POST /invocations``): ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}`` or
+``{"dataframe_records": [{...}, ...]}``; the answer is ``{"predictions": [{column: value, ...}, ...]}``, as
+``mlflow models serve`` answers for a DataFrame-returning pyfunc.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RequestError", "frame_from_mlflow", "frame_from_v2", "mlflow_response", "v2_metadata", "v2_response"]
+
+V2_TYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+            "FP64"}
+
+
+class RequestError(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status (400, 413, 422...)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def _datatype(dtype: Any) -> str:
+    kind = np.dtype(dtype)
+    if kind == np.bool_:
+        return "BOOL"
+    if np.issubdtype(kind, np.integer):
+        return f"{'U' if np.issubdtype(kind, np.unsignedinteger) else ''}INT{kind.itemsize * 8}"
+    return "FP32" if kind == np.float32 else "FP64"
+
+
+def _numbers(values: Any, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype="float64")
+    except (TypeError, ValueError):
+        raise RequestError(f"{where}: every value must be a number") from None
+    if not np.isfinite(array).all():
+        raise RequestError(f"{where}: values must be finite numbers (no NaN or infinity)")
+    return array
+
+
+def check_frame(frame: pd.DataFrame, features: list[str], where: str) -> pd.DataFrame:
+    """The frame's feature columns in model order, as float64; 422 naming missing columns or bad values."""
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise RequestError(f"{where}: missing feature column(s) {', '.join(missing)}; the model needs "
+                           f"{len(features)} columns: {', '.join(features)}")
+    if frame.empty:
+        raise RequestError(f"{where}: no rows")
+    return pd.DataFrame({c: _numbers(frame[c].to_numpy(), f"{where}.{c}") for c in features})
+
+
+def frame_from_v2(body: Any, features: list[str]) -> pd.DataFrame:
+    """The feature frame of a V2 inference request."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise RequestError("inputs: a V2 request needs a non-empty list of input tensors")
+    tensors: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(body["inputs"]):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            raise RequestError(f"{where}: must be an object with name, shape, datatype and data")
+        for key in ("name", "shape", "datatype", "data"):
+            if key not in tensor:
+                raise RequestError(f"{where}.{key}: required")
+        name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+        if datatype not in V2_TYPES:
+            raise RequestError(f"{where}.datatype: {datatype!r} is not a numeric V2 type "
+                               f"({', '.join(sorted(V2_TYPES))})")
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise RequestError(f"{where}.shape: must be a list of non-negative integers")
+        data = _numbers(tensor["data"], f"{where}.data").reshape(-1)
+        if data.size != math.prod(shape):
+            raise RequestError(f"{where}.data: holds {data.size} values but shape {shape} needs {math.prod(shape)}")
+        tensors[str(name)] = data.reshape(shape)
+    if len(tensors) == 1:
+        (name, array), = tensors.items()
+        if array.ndim == 2:
+            if array.shape[1] != len(features):
+                raise RequestError(f"inputs[0].shape: a 2-D input needs {len(features)} columns (the model's "
+                                   f"features), got {array.shape[1]}")
+            return pd.DataFrame(array, columns=features)
+    columns = {}
+    for name, array in tensors.items():
+        if array.ndim != 1:
+            raise RequestError(f"inputs.{name}.shape: one tensor per column must be 1-D, got {list(array.shape)}")
+        columns[name] = array
+    lengths = {len(a) for a in columns.values()}
+    if len(lengths) > 1:
+        raise RequestError(f"inputs: column tensors differ in length ({sorted(lengths)})")
+    return check_frame(pd.DataFrame(columns), features, "inputs")
+
+
+def frame_from_mlflow(body: Any, features: list[str]) -> pd.DataFrame:
+    """The feature frame of an MLflow scoring request (``dataframe_split`` or ``dataframe_records``)."""
+    if not isinstance(body, dict):
+        raise RequestError("body: must be a JSON object with dataframe_split or dataframe_records")
+    if "dataframe_split" in body:
+        split = body["dataframe_split"]
+        if not isinstance(split, dict) or not isinstance(split.get("columns"), list) \
+                or not isinstance(split.get("data"), list):
+            raise RequestError("dataframe_split: needs columns (a list) and data (a list of rows)")
+        for i, row in enumerate(split["data"]):
+            if not isinstance(row, list) or len(row) != len(split["columns"]):
+                raise RequestError(f"dataframe_split.data[{i}]: must be a list of {len(split['columns'])} values")
+        frame = pd.DataFrame(split["data"], columns=split["columns"])
+        return check_frame(frame, features, "dataframe_split")
+    if "dataframe_records" in body:
+        records = body["dataframe_records"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise RequestError("dataframe_records: must be a list of objects, one per row")
+        return check_frame(pd.DataFrame.from_records(records), features, "dataframe_records")
+    raise RequestError("body: give dataframe_split or dataframe_records (MLflow's scoring format)")
+
+
+def v2_response(name: str, version: str, output: pd.DataFrame, request_id: str | None) -> dict[str, Any]:
+    outputs = [
+        {"name": str(c), "shape": [len(output)], "datatype": _datatype(output[c].dtype),
+         "data": output[c].tolist()}
+        for c in output.columns
+    ]
+    response: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": outputs}
+    if request_id:
+        response["id"] = request_id
+    return response
+
+
+def mlflow_response(output: pd.DataFrame) -> dict[str, Any]:
+    return {"predictions": output.to_dict(orient="records")}
+
+
+def v2_metadata(name: str, versions: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    outputs = [{"name": "prediction", "datatype": "INT64" if meta["task"] == "classification" else "FP64",
+                "shape": [-1]}]
+    if meta["task"] == "classification":
+        outputs += [{"name": f"probability_{k}", "datatype": "FP64", "shape": [-1]} for k in range(meta["n_outputs"])]
+    return {
+        "name": name,
+        "versions": versions,
+        "platform": "mlflow_pyfunc",
+        "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in meta["features"]],
+        "outputs": outputs,
+    }
