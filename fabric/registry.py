@@ -26,6 +26,8 @@ from pydantic import field_validator
 from fabric.config import ConfigError, FabricConfig, Field
 
 __all__ = [
+    "record_event",
+    "set_champion",
     "CHALLENGER",
     "CHAMPION",
     "PromotionPolicy",
@@ -229,6 +231,30 @@ def list_models() -> list[dict[str, Any]]:
             "updated": _iso(model.last_updated_timestamp),
         })
     return rows
+
+
+def record_event(name: str, action: str, version: str | int | None = None, *, from_version: str | int | None = None,
+                 actor: str | None = None, reason: str | None = None, **details: Any) -> None:
+    """Adds an entry to a registered model's audit trail (serving records rollouts and rollbacks with it)."""
+    client = _client()
+    _model(client, name)
+    _audit(client, name, action, None if version is None else str(version), actor, reason,
+           from_version=None if from_version is None else str(from_version), **details)
+
+
+def set_champion(name: str, version: str | int, *, actor: str | None = None, reason: str | None = None,
+                 action: str = "promote") -> dict[str, Any]:
+    """Moves ``champion`` to ``version`` without the gate (a finished rollout already compared both on live
+    traffic); recorded in the audit trail and the champion history, so :func:`rollback` can undo it."""
+    client = _client()
+    version = _version(client, name, version)
+    model = _model(client, name)
+    previous = _champion(model)
+    if previous == version:
+        raise RegistryError(f"version {version} is already the champion of {name}")
+    result = {"name": name, "version": version, "status": "promoted", "from_version": previous}
+    _crown(client, name, result, action, actor, reason)
+    return result
 
 
 def show(name: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@
 (``import_path: fabric.serve.app:app_builder``, ``args: {config: configs/serve/tabular.yaml}``).
 """
 
+import asyncio
 import json
 import logging
 import threading
@@ -22,8 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from fabric.config import ConfigError
 from fabric.serve.config import ModelRoute, ServeConfig
-from fabric.serve.keys import Keyring
+from fabric.serve.keys import Keyring, hash_key
 from fabric.serve.protocols import (
     RequestError,
     frame_from_mlflow,
@@ -32,10 +34,12 @@ from fabric.serve.protocols import (
     v2_metadata,
     v2_response,
 )
+from fabric.serve.rollout import Rollout, RolloutRequest
 
 __all__ = ["Gateway", "ModelServer", "app_builder", "build_app"]
 
 log = logging.getLogger("ray.serve")
+INFO_TTL_S = 2.0
 
 
 @serve.deployment
@@ -91,6 +95,11 @@ class ModelServer:
             log.info("fabric: %s@%s moved from version %s to %s", self.route.name, self.route.alias, previous, version)
         return {"model": self.route.name, "alias": self.route.alias, "version": self.live}
 
+    def load(self, version: str) -> dict[str, Any]:
+        """Loads ``version`` now (a rollout's candidate), so its first request does not pay for it."""
+        self._load(str(version))
+        return {"model": self.route.name, "version": str(version), "loaded": sorted(self.models)}
+
     def info(self) -> dict[str, Any]:
         meta, _ = self.models[self.live]
         return {"name": self.route.name, "alias": self.route.alias, "live": self.live, "loaded": sorted(self.models),
@@ -144,19 +153,24 @@ class Gateway:
                                  boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
                                  tag_keys=("model", "version", "endpoint"))
         self.infos: dict[str, dict[str, Any]] = {}
+        self.rollouts: dict[str, Rollout] = {}
+        self.ended: dict[str, dict[str, Any]] = {}  # the last ended rollout of each model, and why
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
     async def _info(self, name: str) -> dict[str, Any]:
+        """The model's live version and features, cached for a few seconds (the alias may move meanwhile)."""
         if name not in self.handles:
             raise RequestError(f"model {name!r} is not served here; served: {', '.join(self.handles)}", 404)
-        if name not in self.infos:
-            self.infos[name] = await self.handles[name].info.remote()
-        return self.infos[name]
+        cached = self.infos.get(name)
+        if cached is None or time.monotonic() - cached["_at"] > INFO_TTL_S:
+            cached = self.infos[name] = {**await self.handles[name].info.remote(), "_at": time.monotonic()}
+        return cached
 
-    def _authorize(self, request: Request, role: str) -> None:
+    def _authorize(self, request: Request, role: str) -> str:
+        """Checks the request's key has ``role``; returns who it is for the audit trail (never the key)."""
         if not self.auth_required:
-            return
+            return request.headers.get("x-actor") or "anonymous"
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
         if not key:
@@ -166,6 +180,7 @@ class Gateway:
             raise RequestError("invalid API key", 401)
         if not Keyring.allows(granted, role):
             raise RequestError(f"this key has role {granted!r}; this endpoint needs {role!r}", 403)
+        return request.headers.get("x-actor") or f"{granted}-key:{hash_key(key)[:8]}"
 
     async def _json(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
@@ -200,11 +215,69 @@ class Gateway:
         self._authorize(request, "predict")
         info = await self._info(name)
         frame = parse(await self._json(request), info["meta"]["features"])
-        used, output = await self.handles[name].predict.remote(frame, version)
+        rollout = self.rollouts.get(name)
+        if version is not None or rollout is None:
+            used, output = await self.handles[name].predict.remote(frame, version)
+        else:
+            used, output = await self._routed(name, rollout, frame, request)
         if self.log_payloads:
             log.info("fabric payload %s v%s in=%s out=%s", name, used, frame.to_dict("records"),
                      output.to_dict("records"))
         return used, output
+
+    async def _timed(self, name: str, version: str, frame: pd.DataFrame) -> tuple[bool, float, Any]:
+        started = time.perf_counter()
+        try:
+            _, output = await self.handles[name].predict.remote(frame, version)
+            return True, (time.perf_counter() - started) * 1000, output
+        except Exception as exc:  # a failing candidate: counted, and the request falls back to live
+            return False, (time.perf_counter() - started) * 1000, exc
+
+    async def _routed(self, name: str, rollout: Rollout, frame: pd.DataFrame, request: Request) -> Any:
+        """A request during a rollout: route it, time it, fall back to live on a candidate failure, judge."""
+        chosen = rollout.route(request.headers.get("x-routing-key"))
+        ok, ms, output = await self._timed(name, chosen, frame)
+        rollout.record(chosen, ok, ms)
+        if not ok and chosen != rollout.live:
+            log.warning("fabric: candidate %s v%s failed (%s); answered by live v%s", name, chosen,
+                        type(output).__name__, rollout.live)
+            chosen = rollout.live
+            ok, ms, output = await self._timed(name, chosen, frame)
+            rollout.record(chosen, ok, ms)
+        if rollout.shadowing:
+            request_id = request.headers.get("x-request-id") or "-"
+            asyncio.get_running_loop().create_task(self._shadow(name, rollout, frame, output, request_id))
+        await self._judge(name, rollout)
+        if not ok:
+            raise output
+        return chosen, output
+
+    async def _shadow(self, name: str, rollout: Rollout, frame: pd.DataFrame, live: Any, request_id: str) -> None:
+        ok, ms, output = await self._timed(name, rollout.candidate, frame)
+        rollout.record(rollout.candidate, ok, ms)
+        live_rows = live.to_dict("records") if isinstance(live, pd.DataFrame) else None
+        rollout.record_shadow(request_id, live_rows, output.to_dict("records") if ok else None,
+                              None if ok else f"{type(output).__name__}: {output}")
+        log.info("fabric shadow %s request %s: live v%s vs candidate v%s: %s", name, request_id, rollout.live,
+                 rollout.candidate, "agree" if rollout.shadows[-1]["agree"] else "differ")
+        await self._judge(name, rollout)
+
+    async def _judge(self, name: str, rollout: Rollout) -> None:
+        reason = rollout.verdict()
+        if reason and self.rollouts.get(name) is rollout:
+            await self._end(name, "rolled_back_automatically", reason, "fabric-serve")
+
+    async def _end(self, name: str, outcome: str, reason: str, actor: str) -> dict[str, Any]:
+        rollout = self.rollouts.pop(name)
+        state = {**rollout.status(), "outcome": outcome, "reason": reason, "ended": time.time()}
+        self.ended[name] = state
+        log.warning("fabric: rollout of %s v%s ended: %s (%s)", name, rollout.candidate, outcome, reason)
+        from fabric import registry
+
+        await asyncio.to_thread(
+            registry.record_event, name, f"rollout_{outcome}", rollout.candidate, from_version=rollout.live,
+            actor=actor, reason=reason, strategy=rollout.request.strategy, windows=state["windows"])
+        return state
 
     # -- KServe Open Inference Protocol v2 ---------------------------------------------------------------------
 
@@ -277,6 +350,77 @@ class Gateway:
 
     # -- admin ---------------------------------------------------------------------------------------------------
 
+    @api.post("/admin/models/{name}/rollout")
+    async def start_rollout(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            actor = self._authorize(request, "admin")
+            info = await self._info(name)
+            try:
+                wanted = RolloutRequest.from_dict(await self._json(request), source="rollout request")
+            except ConfigError as exc:
+                raise RequestError(str(exc), 422) from None
+            if name in self.rollouts:
+                raise RequestError(f"{name} already has a {self.rollouts[name].request.strategy} rollout of "
+                                   f"version {self.rollouts[name].candidate}; roll it back or finish it first", 409)
+            if wanted.version == info["live"]:
+                raise RequestError(f"version {wanted.version} is already live", 409)
+            try:
+                await self.handles[name].load.remote(wanted.version)
+            except Exception as exc:
+                raise RequestError(f"version {wanted.version} of {name} cannot be loaded: {exc}", 422) from None
+            rollout = self.rollouts[name] = Rollout(wanted, info["live"], actor)
+            from fabric import registry
+
+            await asyncio.to_thread(registry.record_event, name, f"rollout_{wanted.strategy}", wanted.version,
+                                    from_version=info["live"], actor=actor, reason=request.headers.get("x-reason"),
+                                    percent=wanted.percent)
+            return info["live"], rollout.status()
+
+        return await self._serve(request, "rollout", name, work)
+
+    @api.get("/admin/models/{name}/rollout")
+    async def rollout_status(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            self._authorize(request, "admin")
+            info = await self._info(name)
+            rollout = self.rollouts.get(name)
+            return info["live"], {"active": rollout.status() if rollout else None, "last": self.ended.get(name)}
+
+        return await self._serve(request, "rollout", name, work)
+
+    @api.post("/admin/models/{name}/rollback")
+    async def rollback_rollout(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            actor = self._authorize(request, "admin")
+            info = await self._info(name)
+            if name not in self.rollouts:
+                raise RequestError(f"{name} has no rollout in progress", 409)
+            reason = request.headers.get("x-reason") or "rolled back by an admin"
+            return info["live"], await self._end(name, "rolled_back", reason, actor)
+
+        return await self._serve(request, "rollout", name, work)
+
+    @api.post("/admin/models/{name}/rollout/finish")
+    async def finish_rollout(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            actor = self._authorize(request, "admin")
+            await self._info(name)
+            rollout = self.rollouts.get(name)
+            if rollout is None:
+                raise RequestError(f"{name} has no rollout in progress", 409)
+            from fabric import registry
+
+            reason = request.headers.get("x-reason") or f"{rollout.request.strategy} rollout finished"
+            await asyncio.to_thread(registry.set_champion, name, rollout.candidate, actor=actor, reason=reason,
+                                    action=f"rollout_{rollout.request.strategy}_finished")
+            state = await self.handles[name].reload.remote()
+            self.infos.pop(name, None)
+            self.rollouts.pop(name, None)
+            self.ended[name] = {**rollout.status(), "outcome": "finished", "reason": reason, "ended": time.time()}
+            return state["version"], self.ended[name]
+
+        return await self._serve(request, "rollout", name, work)
+
     @api.post("/admin/models/{name}/reload")
     async def reload(self, name: str, request: Request) -> JSONResponse:
         async def work(_: str) -> Any:
@@ -292,8 +436,6 @@ class Gateway:
 def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
     """The bound application for ``cfg`` (keys read and hashed here; the plain keys never leave this process)."""
     import mlflow
-
-    from fabric.config import ConfigError
 
     keys = Keyring.load(cfg.auth.keys_file)
     if cfg.auth.required and not len(keys):

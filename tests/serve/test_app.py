@@ -16,7 +16,7 @@ MODEL = "served-bc"
 PREDICT_KEY, ADMIN_KEY = "test-predict-key", "test-admin-key"
 
 
-def _log_version(frame, steps: int) -> str:
+def _log_version(frame, steps: int, extra_feature: str | None = None) -> str:
     """Trains fabric's linear tabular model for ``steps`` full-batch steps and registers it; returns the version."""
     import mlflow
     import torch
@@ -27,6 +27,8 @@ def _log_version(frame, steps: int) -> str:
 
     features = [c for c in frame.columns if c != "label"]
     x = frame[features].to_numpy("float32")
+    if extra_feature:  # a broken candidate: it expects a column no request has, so every prediction fails
+        features, x = [*features, extra_feature], np.hstack([x, np.zeros((len(x), 1), "float32")])
     meta = {"model_type": "linear", "task": "classification", "features": features, "label_column": "label",
             "n_outputs": 2, "hidden_sizes": [], "dropout": 0.0, "mean": x.mean(0).tolist(),
             "std": (x.std(0) + 1e-6).tolist()}
@@ -59,7 +61,7 @@ def server(ray_session):
 
     setup_mlflow()
     frame = load_frame("breast_cancer")
-    v1, v2 = _log_version(frame, 2), _log_version(frame, 200)
+    v1, v2, broken = _log_version(frame, 2), _log_version(frame, 200), _log_version(frame, 2, "not_a_column")
     MlflowClient().set_registered_model_alias(MODEL, "champion", v1)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -75,16 +77,16 @@ def server(ray_session):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name="test-serve", route_prefix="/")
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "frame": frame, "v1": v1, "v2": v2,
+        yield {"url": f"http://127.0.0.1:{port}", "frame": frame, "v1": v1, "v2": v2, "broken": broken,
                "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)}}
     finally:
         serve.shutdown()
         os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def _post(server, path, body=None, key=PREDICT_KEY, **kwargs):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return requests.post(server["url"] + path, json=body, headers=headers, timeout=60, **kwargs)
+def _post(server, path, body=None, key=PREDICT_KEY, headers=None):
+    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+    return requests.post(server["url"] + path, json=body, headers=headers, timeout=60)
 
 
 def test_v2_and_invocations_match_the_registered_pyfunc(server):
@@ -159,3 +161,90 @@ def test_alias_move_is_picked_up_by_a_reload_without_restart(server):
     np.testing.assert_allclose([r["probability_1"] for r in after], expected["probability_1"], atol=1e-6)
     MlflowClient().set_registered_model_alias(MODEL, "champion", server["v1"])
     _post(server, f"/admin/models/{MODEL}/reload", key=ADMIN_KEY)
+
+
+def _rows(server, n=1):
+    return {"dataframe_records": server["frame"].drop(columns=["label"]).iloc[:n].to_dict(orient="records")}
+
+
+def _get(server, path, key=ADMIN_KEY):
+    return requests.get(server["url"] + path, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_canary_sends_its_share_to_the_candidate_and_finishing_makes_it_champion(server):
+    from fabric import registry
+
+    start = _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "canary", "version": server["v2"],
+                                                             "percent": 20, "seed": 1}, key=ADMIN_KEY)
+    assert start.status_code == 200, start.text
+    assert _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "canary", "version": "1"},
+                 key=ADMIN_KEY).status_code == 409
+    versions = [_post(server, "/v2/models/" + MODEL + "/infer", {"inputs": [
+        {"name": "x", "shape": [1, 30], "datatype": "FP64",
+         "data": server["frame"].drop(columns=["label"]).iloc[0].tolist()}]}).json()["model_version"]
+        for _ in range(500)]
+    share = versions.count(server["v2"]) / len(versions)
+    assert abs(share - 0.2) <= 4 * (0.2 * 0.8 / 500) ** 0.5, share  # 4 standard deviations
+    status = _get(server, f"/admin/models/{MODEL}/rollout").json()["active"]
+    assert status["routed"][server["v2"]] == versions.count(server["v2"])
+    finished = _post(server, f"/admin/models/{MODEL}/rollout/finish", key=ADMIN_KEY)
+    assert finished.status_code == 200 and finished.json()["outcome"] == "finished"
+    assert registry.show(MODEL)["aliases"]["champion"] == server["v2"]
+    assert _post(server, "/invocations", _rows(server)).status_code == 200
+    actions = [e["action"] for e in registry.audit_trail(MODEL)]
+    assert "rollout_canary" in actions and "rollout_canary_finished" in actions
+    registry.rollback(MODEL, reason="test cleanup")
+    _post(server, f"/admin/models/{MODEL}/reload", key=ADMIN_KEY)
+
+
+def test_failing_canary_is_rolled_back_automatically_and_audited(server):
+    from fabric import registry
+
+    start = _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "canary", "version": server["broken"],
+                                                             "percent": 50, "min_requests": 5}, key=ADMIN_KEY)
+    assert start.status_code == 200, start.text
+    answers = [_post(server, "/invocations", _rows(server)) for _ in range(40)]
+    assert all(a.status_code == 200 for a in answers)  # failed candidate requests fell back to the live version
+    state = _get(server, f"/admin/models/{MODEL}/rollout").json()
+    assert state["active"] is None
+    assert state["last"]["outcome"] == "rolled_back_automatically" and "error rate" in state["last"]["reason"]
+    entry = [e for e in registry.audit_trail(MODEL) if e["action"] == "rollout_rolled_back_automatically"][-1]
+    assert entry["version"] == server["broken"] and entry["from_version"] == server["v1"]
+    assert entry["actor"] == "fabric-serve" and "error rate" in entry["reason"]
+
+
+def test_shadow_answers_with_live_only_and_keeps_both_answers(server):
+    start = _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "shadow", "version": server["v2"]},
+                  key=ADMIN_KEY)
+    assert start.status_code == 200, start.text
+    for i in range(10):
+        answer = _post(server, "/v2/models/" + MODEL + "/infer", {"inputs": [
+            {"name": "x", "shape": [1, 30], "datatype": "FP64",
+             "data": server["frame"].drop(columns=["label"]).iloc[i].tolist()}]}, headers={"x-request-id": f"r{i}"})
+        assert answer.json()["model_version"] == server["v1"]
+    import time
+
+    deadline = time.monotonic() + 30
+    while (shadow := _get(server, f"/admin/models/{MODEL}/rollout").json()["active"]["shadow"])["compared"] < 10:
+        assert time.monotonic() < deadline, shadow
+        time.sleep(0.2)
+    last = shadow["last"][-1]
+    assert last["live_version"] == server["v1"] and last["candidate_version"] == server["v2"]
+    assert last["live"] and last["candidate"] and last["error"] is None
+    assert _post(server, f"/admin/models/{MODEL}/rollback", key=ADMIN_KEY).json()["outcome"] == "rolled_back"
+
+
+def test_blue_green_switches_at_once_and_back(server):
+    body = {"strategy": "blue_green", "version": server["v2"]}
+    assert _post(server, f"/admin/models/{MODEL}/rollout", body, key=ADMIN_KEY).status_code == 200
+    assert {_post(server, "/invocations", _rows(server)).status_code for _ in range(5)} == {200}
+    status = _get(server, f"/admin/models/{MODEL}/rollout").json()["active"]
+    assert status["routed"] == {server["v1"]: 0, server["v2"]: 5}
+    assert _post(server, f"/admin/models/{MODEL}/rollback", key=ADMIN_KEY).status_code == 200
+    versions = {_post(server, "/v2/models/" + MODEL + "/infer", {"inputs": [
+        {"name": "x", "shape": [1, 30], "datatype": "FP64",
+         "data": server["frame"].drop(columns=["label"]).iloc[0].tolist()}]}).json()["model_version"]
+        for _ in range(5)}
+    assert versions == {server["v1"]}
+    bad = _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "sideways", "version": "2"}, key=ADMIN_KEY)
+    assert bad.status_code == 422 and "strategy" in bad.json()["error"]
