@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fabric.cli import config_cmds, data_cmds, models_cmds
+from fabric.cli import config_cmds, data_cmds, llm_cmds, models_cmds, serve_cmds
 from fabric.cli._output import JSON_OPTION, emit, fail
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(models_cmds.app, name="models")
+app.add_typer(llm_cmds.app, name="llm")
+app.add_typer(serve_cmds.app, name="serve")
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; defaults apply when omitted.")
 OVERRIDES_ARG = typer.Argument(None, help="Dotted key=value overrides, e.g. train.epochs=3.", show_default=False)

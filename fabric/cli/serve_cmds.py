@@ -115,3 +115,72 @@ def down(
     else:
         serve.shutdown()
         print("deleted every application and stopped Serve")
+
+
+URL_OPTION = typer.Option("http://127.0.0.1:8000", "--url", envvar="FABRIC_SERVE_URL",
+                          help="The served application's base URL (or FABRIC_SERVE_URL).")
+KEY_OPTION = typer.Option(None, "--key", envvar="FABRIC_ADMIN_KEY", help="An admin API key (or FABRIC_ADMIN_KEY).")
+
+
+def _admin(method: str, url: str, key: str | None, body: dict | None = None, reason: str | None = None) -> dict:
+    """One call to the application's admin API; HTTP errors become `error: ...` with the server's message."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not key:
+        fail("an admin API key is needed: --key or FABRIC_ADMIN_KEY")
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if reason:
+        headers["X-Reason"] = reason
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        fail(f"{exc.code}: {message}", code=1 if exc.code == 409 else 2)
+    except OSError as exc:
+        fail(f"cannot reach {url}: {exc}")
+
+
+@app.command()
+def rollout(
+    model: str = typer.Argument(..., help="Served model name."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="canary, shadow or blue_green. Omit for status."),
+    version: Optional[str] = typer.Option(None, "--version", help="Candidate version."),
+    percent: float = typer.Option(10.0, "--percent", help="canary: share of traffic for the candidate."),
+    finish: bool = typer.Option(False, "--finish", help="Make the candidate champion and end the rollout."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the audit trail."),
+    url: str = URL_OPTION,
+    key: Optional[str] = KEY_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Start a canary/shadow/blue-green rollout, show its state, or finish it."""
+    base = f"{url.rstrip('/')}/admin/models/{model}/rollout"
+    if finish:
+        result = _admin("POST", f"{base}/finish", key, reason=reason)
+    elif strategy:
+        if not version:
+            fail("--version is needed to start a rollout")
+        result = _admin("POST", base, key, {"strategy": strategy, "version": version, "percent": percent},
+                        reason=reason)
+    else:
+        result = _admin("GET", base, key)
+    emit(result, as_json)
+
+
+@app.command()
+def rollback(
+    model: str = typer.Argument(..., help="Served model name."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why, for the audit trail."),
+    url: str = URL_OPTION,
+    key: Optional[str] = KEY_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """End the model's rollout now: all traffic back to the live version."""
+    emit(_admin("POST", f"{url.rstrip('/')}/admin/models/{model}/rollback", key, reason=reason), as_json)

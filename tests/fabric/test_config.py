@@ -13,8 +13,10 @@ from fabric.workload import WorkloadConfig, available_workloads, load_workload, 
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = sorted((ROOT / "configs" / "data").glob("*_schema.yaml"))
+SERVE_CONFIGS = sorted((ROOT / "configs" / "serve").glob("*.yaml"))
 FABRIC_CONFIGS = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml") if "kuberay" not in p.parts and p not in SCHEMAS
+    p for p in (ROOT / "configs").rglob("*.yaml")
+    if "kuberay" not in p.parts and p not in SCHEMAS and p not in SERVE_CONFIGS
 )
 
 
@@ -130,6 +132,16 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert workload.config_cls.from_yaml(saved) == cfg
 
 
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_serve_config_loads_and_round_trips(path, tmp_path):
+    from fabric.serve.config import ServeConfig
+
+    cfg = ServeConfig.from_yaml(path)
+    saved = tmp_path / "saved.yaml"
+    cfg.to_yaml(saved)
+    assert ServeConfig.from_yaml(saved) == cfg
+
+
 @pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.name)
 def test_every_shipped_data_schema_loads(path):
     from fabric.data import DataSchema
@@ -139,7 +151,7 @@ def test_every_shipped_data_schema_loads(path):
 
 def test_every_yaml_under_configs_is_covered():
     kuberay = set((ROOT / "configs" / "kuberay").glob("*.yaml"))
-    assert set((ROOT / "configs").rglob("*.yaml")) == set(FABRIC_CONFIGS) | set(SCHEMAS) | kuberay
+    assert set((ROOT / "configs").rglob("*.yaml")) == set(FABRIC_CONFIGS) | set(SCHEMAS) | set(SERVE_CONFIGS) | kuberay
 
 
 @pytest.mark.parametrize("name", available_workloads())

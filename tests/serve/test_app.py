@@ -248,3 +248,41 @@ def test_blue_green_switches_at_once_and_back(server):
     assert versions == {server["v1"]}
     bad = _post(server, f"/admin/models/{MODEL}/rollout", {"strategy": "sideways", "version": "2"}, key=ADMIN_KEY)
     assert bad.status_code == 422 and "strategy" in bad.json()["error"]
+
+
+def test_rollout_cli_talks_to_the_admin_api(server):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fabric.cli import app
+
+    runner = CliRunner()
+    common = ["--url", server["url"], "--key", ADMIN_KEY]
+    started = runner.invoke(app, ["serve", "rollout", MODEL, "--strategy", "canary", "--version", server["v2"],
+                                  "--percent", "30", *common, "--json"])
+    assert started.exit_code == 0, started.output
+    assert json.loads(started.stdout)["percent"] == 30
+    status = json.loads(runner.invoke(app, ["serve", "rollout", MODEL, *common, "--json"]).stdout)
+    assert status["active"]["candidate"] == server["v2"]
+    assert runner.invoke(app, ["serve", "rollback", MODEL, *common, "--reason", "cli test"]).exit_code == 0
+    again = runner.invoke(app, ["serve", "rollback", MODEL, *common])
+    assert again.exit_code == 1 and "no rollout in progress" in again.output
+    denied = runner.invoke(app, ["serve", "rollout", MODEL, "--url", server["url"], "--key", PREDICT_KEY])
+    assert denied.exit_code == 2 and "403" in denied.output
+
+
+def test_ray_serve_deploy_entry_point_builds_the_same_application(server, tmp_path, monkeypatch):
+    from ray.serve import Application
+
+    from fabric.serve.app import app_builder
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"name: built\nmodels:\n  - name: {MODEL}\n")
+    monkeypatch.setenv("FABRIC_API_KEYS", f"{PREDICT_KEY}:predict")
+    assert isinstance(app_builder({"config": str(config)}), Application)
+    monkeypatch.delenv("FABRIC_API_KEYS")
+    from fabric.config import ConfigError
+
+    with pytest.raises(ConfigError, match="FABRIC_API_KEYS"):
+        app_builder({"config": str(config)})

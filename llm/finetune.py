@@ -1,0 +1,311 @@
+"""LoRA supervised fine-tuning end to end: pin the chat data, train with transformers' Trainer on Ray Train,
+measure the held-out loss before and after, log the adapter to MLflow and register it.
+
+Each Ray Train worker resolves the base model itself (cached per node), renders the conversations with the
+tokenizer's chat template (loss on assistant tokens only), evaluates the held-out split, trains, and evaluates
+again. :class:`RayTrainReportCallback` hands the final adapter checkpoint and metrics back to the driver; rank 0
+prints and logs every logging step to the MLflow run live.
+
+Example:
+    >>> cfg = FinetuneConfig.from_yaml("configs/llm/smollm2_lora_cpu.yaml", ["train.max_steps=5"])
+    >>> finetune(cfg)   # fabric run finetune_lora --config configs/llm/smollm2_lora_cpu.yaml train.max_steps=5
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fabric.runtime import fabric_home
+from llm.finetune_config import FinetuneConfig
+
+__all__ = ["build_trainer", "finetune", "load_chats", "lora_loop"]
+
+QUIET_KEYS = ("epoch", "_runtime", "_per_second", "_preparation_time", "total_flos")  # timings: not a curve
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def finetune(cfg: FinetuneConfig, run_name: str = "finetune_lora") -> dict[str, Any]:
+    """Fine-tunes a LoRA adapter in a new MLflow run and returns a summary (losses, run id, registered version)."""
+    import mlflow
+
+    from fabric import data
+    from fabric.tabular.pipeline import data_tags
+    from fabric.tracking import start_run
+    from llm.adapter import log_adapter
+    from llm.models import resolve_model
+
+    store = data.open_store(cfg.runtime)
+    _bootstrap_if_missing(cfg, store)
+    resolve_model(cfg.model.source)  # fail before Ray Train starts, and fill this node's cache once
+    with start_run(cfg, run_name=run_name, tags={"fabric.base_model": cfg.model.source}) as run:
+        pinned = data.pin(cfg.data.uri, store=store)
+        chats = load_chats(pinned, cfg.data.messages_column, store)
+        train_rows, holdout_rows = _split(chats, cfg)
+        prepared = _Pinned(uri=cfg.data.uri, pinned=pinned, commit=data.DataURI.parse(pinned).ref)
+        mlflow.set_tags(data_tags(prepared))
+        mlflow.log_params({"data.train_rows": len(train_rows), "data.holdout_rows": len(holdout_rows)})
+        print(f"[data] {pinned}: {len(train_rows)} training and {len(holdout_rows)} held-out conversations",
+              flush=True)
+        started = time.perf_counter()
+        trainer = build_trainer(cfg, _loop_config(cfg, train_rows, holdout_rows, run.info.run_id),
+                                name=f"{run_name}-{run.info.run_id[:12]}")
+        result = trainer.fit()
+        elapsed = time.perf_counter() - started
+        metrics = _final_metrics(result.metrics or {})
+        mlflow.log_metrics({**metrics, "train_seconds": elapsed})
+        with result.checkpoint.as_directory() as folder:
+            summary = log_adapter(cfg, _adapter_folder(Path(folder)), prepared, metrics)
+    summary.update(mlflow_run_id=run.info.run_id, train_seconds=round(elapsed, 2), data_uri=pinned,
+                   data_commit=prepared.commit, base_model=cfg.model.source, **metrics)
+    print(f"[finetune_lora] done in {elapsed:.1f} s: held-out loss {metrics['before_eval_loss']:.4f} -> "
+          f"{metrics['eval_loss']:.4f} (perplexity {metrics['before_perplexity']:.2f} -> {metrics['perplexity']:.2f})"
+          f"; MLflow run {run.info.run_id}", flush=True)
+    return summary
+
+
+class _Pinned:
+    """The data lineage of a run, shaped like the tabular pipeline's ``Prepared`` for :func:`data_tags`."""
+
+    def __init__(self, uri: str, pinned: str, commit: str):
+        self.uri, self.pinned, self.commit = uri, pinned, commit
+
+
+def _bootstrap_if_missing(cfg: FinetuneConfig, store: Any) -> str | None:
+    """Embedded demos: writes ``data.create_from``'s chat task to the URI when its ref or path is missing."""
+    from fabric import data
+    from llm.tasks import chat_frame
+
+    d = cfg.data
+    if not d.create_from:
+        return None
+    try:
+        data.head(d.uri, n=1, store=store)
+        return None
+    except data.NotFoundError:
+        pass
+    target = data.DataURI.parse(d.uri)
+    data.init(target.repo, store=store)
+    commit = data.write(d.uri, chat_frame(d.create_from, d.create_rows, d.seed),
+                        f"Create {target.path} from the offline chat task {d.create_from}",
+                        metadata={"source": f"llm.tasks.{d.create_from}"}, store=store)
+    print(f"[data] {d.uri} did not exist: created {d.create_rows} {d.create_from} conversations as commit {commit}",
+          flush=True)
+    return commit
+
+
+def load_chats(uri: str, column: str = "messages", store: Any = None) -> list[list[dict[str, str]]]:
+    """Every conversation of a versioned chat table, as plain lists of {role, content}."""
+    from fabric import data
+    from llm.chat import normalize_messages
+
+    frame = data.read(uri, store=store).to_pandas()
+    if column not in frame.columns:
+        raise data.DataError(f"chat column {column!r} is not in {uri}; columns: {', '.join(frame.columns)}")
+    return [normalize_messages(raw) for raw in frame[column]]
+
+
+def _split(chats: list, cfg: FinetuneConfig) -> tuple[list, list]:
+    order = list(range(len(chats)))
+    random.Random(cfg.data.seed).shuffle(order)
+    n_holdout = max(1, round(len(chats) * cfg.data.holdout_fraction))
+    holdout = [chats[i] for i in order[:n_holdout]][: cfg.data.max_holdout_rows or None]
+    train = [chats[i] for i in order[n_holdout:]]
+    if not train:
+        raise ValueError(f"{cfg.data.uri} has {len(chats)} conversations: none left to train on after the holdout")
+    return train, holdout
+
+
+def _loop_config(cfg: FinetuneConfig, train_rows: list, holdout_rows: list, run_id: str) -> dict[str, Any]:
+    """Everything a worker needs, as plain data; the conversations travel once, through the object store."""
+    import mlflow
+    import ray
+
+    return {
+        "model": cfg.model.model_dump(), "lora": cfg.lora.model_dump(), "train": cfg.train.model_dump(),
+        "max_length": cfg.data.max_length, "seed": cfg.data.seed, "use_gpu": cfg.scaling.use_gpu,
+        "train_rows": ray.put(train_rows), "holdout_rows": ray.put(holdout_rows),
+        "mlflow_tracking_uri": mlflow.get_tracking_uri(), "mlflow_run_id": run_id,
+    }
+
+
+def build_trainer(cfg: FinetuneConfig, config: dict[str, Any], name: str) -> Any:
+    """An unstarted ``TorchTrainer`` running :func:`lora_loop` on ``cfg.scaling``'s workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker}
+    return TorchTrainer(
+        lora_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=s.storage_path or str(fabric_home() / "ray"),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def lora_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: load base + LoRA, evaluate the holdout, train, evaluate again, report the adapter."""
+    import mlflow
+    import ray
+    import torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from llm.chat import collate, render_chat
+    from llm.models import resolve_model
+
+    mlflow.set_tracking_uri(config["mlflow_tracking_uri"])  # an MLflow model source resolves on this node too
+    path = resolve_model(config["model"]["source"])
+    model, tokenizer = _load_lora_model(path, config)
+    rendered = {split: [render_chat(tokenizer, chat, config["max_length"]) for chat in ray.get(config[split])]
+                for split in ("train_rows", "holdout_rows")}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    hp = config["train"]
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, max_steps=hp["max_steps"], per_device_train_batch_size=hp["batch_size"],
+            per_device_eval_batch_size=hp["eval_batch_size"], gradient_accumulation_steps=hp["grad_accum"],
+            learning_rate=hp["lr"], warmup_steps=hp["warmup_steps"], weight_decay=hp["weight_decay"],
+            lr_scheduler_type="linear", logging_steps=hp["logging_steps"], eval_strategy="steps",
+            eval_steps=hp["max_steps"], save_strategy="steps", save_steps=hp["max_steps"], save_only_model=True,
+            report_to=[], disable_tqdm=True, seed=config["seed"], data_seed=config["seed"],
+            use_cpu=not config["use_gpu"], bf16=model.dtype == torch.bfloat16, remove_unused_columns=False,
+            activation_checkpointing=config["model"]["gradient_checkpointing"], ddp_find_unused_parameters=False,
+            dataloader_num_workers=0,
+        )
+        progress = _progress_callback(config)
+        trainer = Trainer(model=model, args=args, train_dataset=rendered["train_rows"],
+                          eval_dataset=rendered["holdout_rows"], data_collator=lambda batch: collate(batch, pad_id),
+                          callbacks=[progress, RayTrainReportCallback()])
+        trainer.remove_callback(PrinterCallback)  # _progress_callback prints each step, once
+        trainer = prepare_trainer(trainer)
+        before = trainer.evaluate(metric_key_prefix="before_eval")
+        progress.before = {"before_eval_loss": before["before_eval_loss"]}
+        trainer.train()
+
+
+def _load_lora_model(path: Path, config: dict[str, Any]) -> tuple[Any, Any]:
+    """The base model (quantized for QLoRA when configured) with a fresh LoRA adapter, and its tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m, use_gpu = config["model"], config["use_gpu"]
+    dtype = {"auto": torch.bfloat16 if use_gpu else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[m["dtype"]]
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if _quantize(m["quantization"], use_gpu):
+        from ray.train.torch import get_device
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": get_device().index or 0}
+    torch.manual_seed(config["seed"])
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "quantization_config" in kwargs:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m["gradient_checkpointing"])
+    lora = config["lora"]
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
+                                             lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _quantize(setting: str, use_gpu: bool) -> bool:
+    if setting == "none" or not use_gpu:
+        return False
+    import importlib.util
+
+    available = importlib.util.find_spec("bitsandbytes") is not None
+    if setting == "4bit" and not available:
+        raise RuntimeError("model.quantization=4bit needs bitsandbytes on the workers: pip install bitsandbytes")
+    return available
+
+
+def _rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
+
+
+def _progress_callback(config: dict[str, Any]) -> Any:
+    """A TrainerCallback that prints each logging step and logs it to the MLflow run (rank 0), and hands the
+    before-training held-out loss to :class:`RayTrainReportCallback` through the log history."""
+    from transformers import TrainerCallback
+
+    log, max_steps = _mlflow_logger(config), config["train"]["max_steps"]
+
+    class Progress(TrainerCallback):
+        before: dict[str, float] = {}
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            state.log_history.append(dict(self.before))  # the report merges the history: keep "before" in it
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            logs = dict(logs or {})
+            if "train_runtime" in logs:  # the end-of-training summary: its train_loss is the mean, not a step's
+                logs["train_loss_mean"] = logs.pop("train_loss", None)
+            metrics = {("train_loss" if k == "loss" else k): float(v) for k, v in logs.items()
+                       if isinstance(v, (int, float)) and not k.endswith(QUIET_KEYS)}
+            for key in [k for k in metrics if k.endswith("eval_loss")]:
+                metrics[key.replace("eval_loss", "perplexity")] = math.exp(metrics[key])
+            if not metrics or not state.is_world_process_zero:
+                return
+            log(metrics, state.global_step)
+            print(f"[finetune] step {state.global_step}/{max_steps}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
+
+    return Progress()
+
+
+def _mlflow_logger(config: dict[str, Any]) -> Any:
+    """Logs a dict of metrics at a step to the run, on rank 0 only (a no-op elsewhere)."""
+    if not config["mlflow_run_id"] or _rank() != 0:
+        return lambda metrics, step: None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(config["mlflow_tracking_uri"])
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(config["mlflow_run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    return log
+
+
+def _final_metrics(reported: dict[str, Any]) -> dict[str, float]:
+    """Before and after held-out loss and perplexity from the last report."""
+    if "eval_loss" not in reported or "before_eval_loss" not in reported:
+        raise RuntimeError(f"the training run reported no held-out losses; got {sorted(reported)}")
+    after, before = float(reported["eval_loss"]), float(reported["before_eval_loss"])
+    return {"before_eval_loss": before, "eval_loss": after, "before_perplexity": math.exp(before),
+            "perplexity": math.exp(after), "eval_loss_delta": after - before}
+
+
+def _adapter_folder(checkpoint: Path) -> Path:
+    """The folder holding the adapter in a RayTrainReportCallback checkpoint (``checkpoint/``)."""
+    hits = sorted(p.parent for p in checkpoint.rglob("adapter_config.json"))
+    if not hits:
+        raise RuntimeError(f"the final checkpoint has no LoRA adapter (adapter_config.json) under {checkpoint}")
+    return hits[0]
+
+
+def copy_adapter(source: Path, target: Path) -> Path:
+    """Copies only the adapter's own files (not optimizer or trainer state) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    return target
