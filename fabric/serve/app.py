@@ -25,6 +25,7 @@ from ray import serve
 
 from fabric.config import ConfigError
 from fabric.serve.config import ModelRoute, ServeConfig
+from fabric.serve.inference_log import default_root
 from fabric.serve.keys import Keyring, hash_key
 from fabric.serve.protocols import (
     RequestError,
@@ -40,6 +41,7 @@ __all__ = ["Gateway", "ModelServer", "app_builder", "build_app"]
 
 log = logging.getLogger("ray.serve")
 INFO_TTL_S = 2.0
+RETRIES = 3  # model calls retried when their replica died
 
 
 @serve.deployment
@@ -138,7 +140,7 @@ class Gateway:
     """HTTP front: auth, limits, protocols, metrics; calls the model deployments."""
 
     def __init__(self, models: dict[str, Any], hashed_keys: dict[str, str], auth_required: bool,
-                 max_request_bytes: int, log_payloads: bool = False):
+                 max_request_bytes: int, log_payloads: bool = False, inference_log: dict | None = None):
         from ray.serve.metrics import Counter, Histogram
 
         self.handles = models
@@ -155,6 +157,12 @@ class Gateway:
         self.infos: dict[str, dict[str, Any]] = {}
         self.rollouts: dict[str, Rollout] = {}
         self.ended: dict[str, dict[str, Any]] = {}  # the last ended rollout of each model, and why
+        self.inference_log = None
+        if inference_log and inference_log.get("enabled"):
+            from fabric.serve.inference_log import InferenceLog
+
+            self.inference_log = InferenceLog(inference_log.get("path"), inference_log["flush_rows"],
+                                              inference_log["flush_s"])
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -211,24 +219,46 @@ class Gateway:
                              tags={"model": name, "version": version, "endpoint": endpoint})
         return response
 
-    async def _predict(self, request: Request, name: str, parse: Any, version: str | None = None) -> Any:
+    async def _predict(self, request: Request, name: str, parse: Any, version: str | None = None,
+                       request_id: str = "-", endpoint: str = "") -> Any:
         self._authorize(request, "predict")
         info = await self._info(name)
         frame = parse(await self._json(request), info["meta"]["features"])
         rollout = self.rollouts.get(name)
+        if version is not None:
+            try:
+                await self.handles[name].load.remote(version)
+            except Exception:
+                raise RequestError(f"version {version!r} of {name} does not exist or cannot be loaded", 404) from None
         if version is not None or rollout is None:
-            used, output = await self.handles[name].predict.remote(frame, version)
+            used, output = await self._call(name, frame, version)
         else:
             used, output = await self._routed(name, rollout, frame, request)
         if self.log_payloads:
             log.info("fabric payload %s v%s in=%s out=%s", name, used, frame.to_dict("records"),
                      output.to_dict("records"))
+        if self.inference_log is not None:
+            self.inference_log.add(request_id, name, used, endpoint, frame, output)
         return used, output
+
+    async def _call(self, name: str, frame: pd.DataFrame, version: str | None) -> tuple[str, pd.DataFrame]:
+        """A model call, retried on another replica when the one it went to died (a crash, a node lost)."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self.handles[name].predict.remote(frame, version)
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == RETRIES:
+                    raise
+                log.warning("fabric: a %s replica died mid-request; retrying on another one", name)
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _timed(self, name: str, version: str, frame: pd.DataFrame) -> tuple[bool, float, Any]:
         started = time.perf_counter()
         try:
-            _, output = await self.handles[name].predict.remote(frame, version)
+            _, output = await self._call(name, frame, version)
             return True, (time.perf_counter() - started) * 1000, output
         except Exception as exc:  # a failing candidate: counted, and the request falls back to live
             return False, (time.perf_counter() - started) * 1000, exc
@@ -317,7 +347,7 @@ class Gateway:
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_v2)
+            used, output = await self._predict(request, name, frame_from_v2, None, request_id, "v2_infer")
             return used, v2_response(name, used, output, request_id)
 
         return await self._serve(request, "v2_infer", name, work)
@@ -325,7 +355,7 @@ class Gateway:
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer_version(self, name: str, version: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_v2, version)
+            used, output = await self._predict(request, name, frame_from_v2, version, request_id, "v2_infer")
             return used, v2_response(name, used, output, request_id)
 
         return await self._serve(request, "v2_infer", name, work)
@@ -334,19 +364,40 @@ class Gateway:
 
     @api.post("/invocations")
     async def invocations(self, request: Request) -> JSONResponse:
-        async def work(_: str) -> Any:
-            used, output = await self._predict(request, self.default, frame_from_mlflow)
+        async def work(request_id: str) -> Any:
+            used, output = await self._predict(request, self.default, frame_from_mlflow, None, request_id,
+                                               "invocations")
             return used, mlflow_response(output)
 
         return await self._serve(request, "invocations", self.default, work)
 
     @api.post("/models/{name}/invocations")
     async def model_invocations(self, name: str, request: Request) -> JSONResponse:
-        async def work(_: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_mlflow)
+        async def work(request_id: str) -> Any:
+            used, output = await self._predict(request, name, frame_from_mlflow, None, request_id, "invocations")
             return used, mlflow_response(output)
 
         return await self._serve(request, "invocations", name, work)
+
+    @api.post("/v2/models/{name}/labels")
+    async def labels(self, name: str, request: Request) -> JSONResponse:
+        """Late ground truth: ``{"labels": [{"request_id": ..., "label": ..., "row": 0}, ...]}``."""
+        async def work(_: str) -> Any:
+            self._authorize(request, "predict")
+            info = await self._info(name)
+            body = await self._json(request)
+            if not isinstance(body, dict) or not isinstance(body.get("labels"), list) or not body["labels"]:
+                raise RequestError("labels: a non-empty list of {request_id, label} objects is required")
+            from fabric.serve.inference_log import default_root, write_labels
+
+            root = (self.inference_log.root if self.inference_log else None) or default_root()
+            try:
+                await asyncio.to_thread(write_labels, name, body["labels"], root)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+            return info["live"], {"accepted": len(body["labels"])}
+
+        return await self._serve(request, "labels", name, work)
 
     # -- admin ---------------------------------------------------------------------------------------------------
 
@@ -455,7 +506,8 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
             options["num_replicas"] = route.num_replicas
         models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
     return Gateway.options(ray_actor_options={"num_cpus": 0.25}).bind(
-        models, keys.hashed, cfg.auth.required, cfg.max_request_bytes, cfg.log_payloads)
+        models, keys.hashed, cfg.auth.required, cfg.max_request_bytes, cfg.log_payloads,
+        {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})
 
 
 def app_builder(args: dict[str, Any]) -> Any:

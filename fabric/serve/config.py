@@ -9,7 +9,7 @@ from pydantic import model_validator
 from fabric.config import FabricConfig, Field
 from fabric.runtime import RuntimeConfig
 
-__all__ = ["AuthConfig", "AutoscalingConfig", "ModelRoute", "ServeConfig"]
+__all__ = ["AuthConfig", "AutoscalingConfig", "InferenceLogConfig", "ModelRoute", "ServeConfig"]
 
 
 class AutoscalingConfig(FabricConfig):
@@ -45,6 +45,15 @@ class AuthConfig(FabricConfig):
     )
 
 
+class InferenceLogConfig(FabricConfig):
+    """Every prediction written to Parquet in batches, for monitoring (see fabric.serve.inference_log)."""
+
+    enabled: bool = Field(True, description="Write the inference log.")
+    path: str | None = Field(None, description="Root folder or URI (s3://...). Empty: FABRIC_HOME/inference.")
+    flush_rows: int = Field(512, ge=1, description="Rows buffered before a file is written.")
+    flush_s: float = Field(5.0, gt=0, description="Seconds at most between writes.")
+
+
 class ServeConfig(FabricConfig):
     """A Ray Serve application of registered models."""
 
@@ -56,6 +65,7 @@ class ServeConfig(FabricConfig):
                                      "/invocations.")
     max_request_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    inference_log: InferenceLogConfig = Field(default_factory=InferenceLogConfig, description="Prediction log.")
     log_payloads: Literal[False, True] = Field(
         False, description="Write request inputs and outputs to the server log (never keys). Off by default."
     )

@@ -45,7 +45,7 @@ def _datatype(dtype: Any) -> str:
 def _numbers(values: Any, where: str) -> np.ndarray:
     try:
         array = np.asarray(values, dtype="float64")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{where}: every value must be a number") from None
     if not np.isfinite(array).all():
         raise RequestError(f"{where}: values must be finite numbers (no NaN or infinity)")
@@ -54,6 +54,9 @@ def _numbers(values: Any, where: str) -> np.ndarray:
 
 def check_frame(frame: pd.DataFrame, features: list[str], where: str) -> pd.DataFrame:
     """The frame's feature columns in model order, as float64; 422 naming missing columns or bad values."""
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise RequestError(f"{where}: column(s) given more than once: {', '.join(repeated)}")
     missing = [c for c in features if c not in frame.columns]
     if missing:
         raise RequestError(f"{where}: missing feature column(s) {', '.join(missing)}; the model needs "

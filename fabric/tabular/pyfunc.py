@@ -17,5 +17,6 @@ class TabularPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.meta, self.model = load_model_dir(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints on predict: MLflow would try to derive a schema from them; the logged signature is the schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return predict_frame(self.meta, self.model, model_input)

@@ -4,52 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+
+from tests.tabular_models import register_linear
 
 pytestmark = pytest.mark.slow
 MODEL = "served-bc"
 PREDICT_KEY, ADMIN_KEY = "test-predict-key", "test-admin-key"
 
 
-def _log_version(frame, steps: int, extra_feature: str | None = None) -> str:
-    """Trains fabric's linear tabular model for ``steps`` full-batch steps and registers it; returns the version."""
-    import mlflow
-    import torch
-
-    from fabric import registry
-    from fabric.tabular.models import build_torch_model, save_model_dir
-    from fabric.tabular.pyfunc import TabularPyfunc
-
-    features = [c for c in frame.columns if c != "label"]
-    x = frame[features].to_numpy("float32")
-    if extra_feature:  # a broken candidate: it expects a column no request has, so every prediction fails
-        features, x = [*features, extra_feature], np.hstack([x, np.zeros((len(x), 1), "float32")])
-    meta = {"model_type": "linear", "task": "classification", "features": features, "label_column": "label",
-            "n_outputs": 2, "hidden_sizes": [], "dropout": 0.0, "mean": x.mean(0).tolist(),
-            "std": (x.std(0) + 1e-6).tolist()}
-    torch.manual_seed(0)
-    model = build_torch_model(meta)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    labels = torch.from_numpy(frame["label"].to_numpy())
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
-        folder = save_model_dir(Path(tmp) / "model", meta, model.eval())
-        info = mlflow.pyfunc.log_model(name="model", python_model=TabularPyfunc(),
-                                       artifacts={"model_dir": str(folder)}, pip_requirements=["llmops-fabric"])
-    return registry.register(info.model_uri, MODEL, tags={"fabric.task": "classification"})
-
-
 @pytest.fixture(scope="module")
-def server(ray_session):
+def server(ray_session, tmp_path_factory):
     import mlflow
     from mlflow import MlflowClient
     from ray import serve
@@ -61,13 +29,17 @@ def server(ray_session):
 
     setup_mlflow()
     frame = load_frame("breast_cancer")
-    v1, v2, broken = _log_version(frame, 2), _log_version(frame, 200), _log_version(frame, 2, "not_a_column")
+    v1, v2 = register_linear(frame, MODEL, steps=2), register_linear(frame, MODEL, steps=200)
+    broken = register_linear(frame, MODEL, steps=2, extra_feature="not_a_column")
     MlflowClient().set_registered_model_alias(MODEL, "champion", v1)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log_root = str(tmp_path_factory.mktemp("inference-log"))
     cfg = ServeConfig.from_dict({"name": "test-serve", "port": port, "max_request_bytes": 200_000,
-                                 "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1}]})
+                                 "inference_log": {"path": log_root, "flush_s": 0.5},
+                                 "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1,
+                                             "num_replicas": 2}]})
     previous = os.environ.get("FABRIC_API_KEYS")
     os.environ["FABRIC_API_KEYS"] = f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin"
     try:
@@ -77,7 +49,8 @@ def server(ray_session):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name="test-serve", route_prefix="/")
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "frame": frame, "v1": v1, "v2": v2, "broken": broken,
+        yield {"url": f"http://127.0.0.1:{port}", "frame": frame, "log_root": log_root, "v1": v1, "v2": v2,
+               "broken": broken,
                "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)}}
     finally:
         serve.shutdown()
@@ -286,3 +259,92 @@ def test_ray_serve_deploy_entry_point_builds_the_same_application(server, tmp_pa
 
     with pytest.raises(ConfigError, match="FABRIC_API_KEYS"):
         app_builder({"config": str(config)})
+
+
+def test_every_prediction_is_logged_and_late_labels_join_by_request_id(server):
+    import time
+
+    from fabric.serve.inference_log import read_log
+
+    rows = server["frame"].drop(columns=["label"]).iloc[10:12]
+    answer = _post(server, "/invocations", {"dataframe_records": rows.to_dict(orient="records")},
+                   headers={"x-request-id": "log-test-1"})
+    assert answer.status_code == 200
+    labelled = _post(server, f"/v2/models/{MODEL}/labels", {"labels": [
+        {"request_id": "log-test-1", "row": 0, "label": 1}, {"request_id": "log-test-1", "row": 1, "label": 0}]})
+    assert labelled.status_code == 200 and labelled.json() == {"accepted": 2}
+    assert _post(server, f"/v2/models/{MODEL}/labels", {"labels": [{"label": 1}]}).status_code == 422
+    deadline = time.monotonic() + 30
+    while True:
+        log = read_log(MODEL, root=server["log_root"])
+        mine = log[log["request_id"] == "log-test-1"] if len(log) else log
+        if len(mine) == 2:
+            break
+        assert time.monotonic() < deadline, "the inference log was not flushed"
+        time.sleep(0.5)
+    assert mine["label"].tolist() == [1, 0]
+    assert mine["inputs"].iloc[0]["mean_radius"] == rows["mean_radius"].iloc[0]
+    assert mine["outputs"].iloc[1] == answer.json()["predictions"][1]
+    assert set(mine["endpoint"]) == {"invocations"} and mine["version"].iloc[0] in (server["v1"], server["v2"])
+
+
+def test_fuzzed_bodies_never_get_a_5xx_and_every_4xx_explains(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8)
+    anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+    columns = list(server["frame"].drop(columns=["label"]).columns)
+    v2_tensor = st.fixed_dictionaries({"name": st.sampled_from([*columns[:3], "x", ""]),
+                                       "shape": st.lists(st.integers(-2, 4), max_size=3),
+                                       "datatype": st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "nope"]),
+                                       "data": st.lists(scalars, max_size=6)})
+    bodies = st.one_of(
+        anything,
+        st.fixed_dictionaries({"inputs": st.lists(v2_tensor, max_size=3)}),
+        st.fixed_dictionaries({"dataframe_split": st.fixed_dictionaries({
+            "columns": st.lists(st.sampled_from(columns[:4]), max_size=4), "data": st.lists(st.lists(scalars))})}),
+        st.fixed_dictionaries({"dataframe_records": st.lists(st.dictionaries(st.sampled_from(columns[:4]), scalars))}),
+    )
+    paths = st.sampled_from(["/invocations", f"/v2/models/{MODEL}/infer", f"/v2/models/{MODEL}/labels",
+                             f"/v2/models/{MODEL}/versions/999/infer"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=paths, body=bodies)
+    def check(path, body):
+        response = _post(server, path, body)
+        assert response.status_code < 500, (path, body, response.text)
+        if response.status_code >= 400:
+            assert response.json()["error"].strip(), (path, body, response.text)
+
+    check()
+
+
+def test_a_model_replica_killed_under_load_costs_under_one_percent_of_requests(server):
+    import threading
+    import time
+
+    import ray
+
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SERVE_REPLICA" in a["name"] and f"model-{MODEL}" in a["name"]]
+    assert len(replicas) == 2, replicas
+    statuses: list[int] = []
+
+    def client() -> None:
+        for _ in range(150):
+            statuses.append(_post(server, "/invocations", _rows(server)).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(statuses) < 60:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(statuses) == 450
+    assert statuses.count(200) / len(statuses) >= 0.99, {s: statuses.count(s) for s in set(statuses)}
