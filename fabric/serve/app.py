@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-import pandas as pd
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -29,9 +29,11 @@ from fabric.serve.inference_log import default_root
 from fabric.serve.keys import Keyring, hash_key
 from fabric.serve.protocols import (
     RequestError,
-    frame_from_mlflow,
-    frame_from_v2,
+    matrix_from_mlflow,
+    matrix_from_v2,
     mlflow_response,
+    output_columns,
+    records,
     v2_metadata,
     v2_response,
 )
@@ -102,17 +104,24 @@ class ModelServer:
         self._load(str(version))
         return {"model": self.route.name, "version": str(version), "loaded": sorted(self.models)}
 
+    def meta(self, version: str) -> dict[str, Any]:
+        """What the gateway validates requests against: the features and task of ``version``."""
+        self._load(str(version))
+        meta, _ = self.models[str(version)]
+        return {k: meta[k] for k in ("features", "task", "n_outputs", "model_type")}
+
     def info(self) -> dict[str, Any]:
         meta, _ = self.models[self.live]
         return {"name": self.route.name, "alias": self.route.alias, "live": self.live, "loaded": sorted(self.models),
                 "meta": {k: meta[k] for k in ("features", "task", "n_outputs", "model_type")}}
 
-    async def predict(self, frame: pd.DataFrame, version: str | None = None) -> tuple[str, pd.DataFrame]:
-        return await self._batched((version or self.live, frame))
+    async def predict(self, matrix: np.ndarray, version: str | None = None) -> tuple[str, np.ndarray]:
+        """The raw outputs (class probabilities, or predictions) for ``matrix``'s rows, and the version used."""
+        return await self._batched((version or self.live, matrix))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batched(self, items: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame]]:
-        from fabric.tabular.models import predict_frame
+    async def _batched(self, items: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+        from fabric.tabular.models import raw_outputs
 
         results: list[Any] = [None] * len(items)
         for version in {v for v, _ in items}:
@@ -120,13 +129,13 @@ class ModelServer:
                 self._load(version)
             meta, model = self.models[version]
             positions = [i for i, (v, _) in enumerate(items) if v == version]
-            frames = [items[i][1] for i in positions]
-            output = predict_frame(meta, model, pd.concat(frames, ignore_index=True))
+            matrices = [items[i][1] for i in positions]
+            output = raw_outputs(meta, model, np.concatenate(matrices))
             self.batch_sizes.observe(len(output), tags={"model": self.route.name, "version": version})
             start = 0
-            for i, frame in zip(positions, frames, strict=True):
-                results[i] = (version, output.iloc[start:start + len(frame)].reset_index(drop=True))
-                start += len(frame)
+            for i, matrix in zip(positions, matrices, strict=True):
+                results[i] = (version, output[start:start + len(matrix)])
+                start += len(matrix)
         return results
 
 
@@ -139,11 +148,14 @@ api = FastAPI(title="fabric model serving", description="KServe V2 and MLflow sc
 class Gateway:
     """HTTP front: auth, limits, protocols, metrics; calls the model deployments."""
 
-    def __init__(self, models: dict[str, Any], hashed_keys: dict[str, str], auth_required: bool,
-                 max_request_bytes: int, log_payloads: bool = False, inference_log: dict | None = None):
+    def __init__(self, models: dict[str, Any], aliases: dict[str, str], tracking_uri: str, hashed_keys: dict[str, str],
+                 auth_required: bool, max_request_bytes: int, log_payloads: bool = False,
+                 inference_log: dict | None = None):
         from ray.serve.metrics import Counter, Histogram
 
         self.handles = models
+        self.aliases, self.tracking_uri = aliases, tracking_uri
+        self.metas: dict[tuple[str, str], dict[str, Any]] = {}
         self.default = next(iter(models))
         self.keys = Keyring(hashed_keys)
         self.auth_required = auth_required
@@ -167,13 +179,30 @@ class Gateway:
     # -- helpers ---------------------------------------------------------------------------------------------
 
     async def _info(self, name: str) -> dict[str, Any]:
-        """The model's live version and features, cached for a few seconds (the alias may move meanwhile)."""
+        """The live version (the alias, read from the registry here, so every replica serves the same one) and
+        its features; refreshed every few seconds, which is how an alias move reaches traffic without a restart."""
         if name not in self.handles:
             raise RequestError(f"model {name!r} is not served here; served: {', '.join(self.handles)}", 404)
         cached = self.infos.get(name)
         if cached is None or time.monotonic() - cached["_at"] > INFO_TTL_S:
-            cached = self.infos[name] = {**await self.handles[name].info.remote(), "_at": time.monotonic()}
+            try:
+                live = await asyncio.to_thread(self._alias_version, name)
+            except Exception as exc:  # the registry is unreachable: keep serving what was live
+                if cached is None:
+                    live = (await self.handles[name].info.remote())["live"]
+                else:
+                    live = cached["live"]
+                log.warning("fabric: could not read %s@%s from the registry: %s", name, self.aliases[name], exc)
+            if (name, live) not in self.metas:
+                self.metas[(name, live)] = await self.handles[name].meta.remote(live)
+            cached = self.infos[name] = {"live": live, "meta": self.metas[(name, live)], "loaded": [live],
+                                         "_at": time.monotonic()}
         return cached
+
+    def _alias_version(self, name: str) -> str:
+        from mlflow import MlflowClient
+
+        return str(MlflowClient(self.tracking_uri).get_model_version_by_alias(name, self.aliases[name]).version)
 
     def _authorize(self, request: Request, role: str) -> str:
         """Checks the request's key has ``role``; returns who it is for the audit trail (never the key)."""
@@ -220,10 +249,12 @@ class Gateway:
         return response
 
     async def _predict(self, request: Request, name: str, parse: Any, version: str | None = None,
-                       request_id: str = "-", endpoint: str = "") -> Any:
+                       request_id: str = "-", endpoint: str = "") -> tuple[str, dict[str, np.ndarray]]:
+        """Auth, parse and validate, route (rollouts), call the model; returns the version and output columns."""
         self._authorize(request, "predict")
         info = await self._info(name)
-        frame = parse(await self._json(request), info["meta"]["features"])
+        features = info["meta"]["features"]
+        matrix = parse(await self._json(request), features)
         rollout = self.rollouts.get(name)
         if version is not None:
             try:
@@ -231,23 +262,23 @@ class Gateway:
             except Exception:
                 raise RequestError(f"version {version!r} of {name} does not exist or cannot be loaded", 404) from None
         if version is not None or rollout is None:
-            used, output = await self._call(name, frame, version)
+            used, raw = await self._call(name, matrix, version or info["live"])
         else:
-            used, output = await self._routed(name, rollout, frame, request)
+            used, raw = await self._routed(name, rollout, matrix, request)
+        columns = output_columns(info["meta"]["task"], raw)
         if self.log_payloads:
-            log.info("fabric payload %s v%s in=%s out=%s", name, used, frame.to_dict("records"),
-                     output.to_dict("records"))
+            log.info("fabric payload %s v%s in=%s out=%s", name, used, matrix.tolist(), records(columns))
         if self.inference_log is not None:
-            self.inference_log.add(request_id, name, used, endpoint, frame, output)
-        return used, output
+            self.inference_log.add(request_id, name, used, endpoint, features, matrix, columns)
+        return used, columns
 
-    async def _call(self, name: str, frame: pd.DataFrame, version: str | None) -> tuple[str, pd.DataFrame]:
+    async def _call(self, name: str, matrix: np.ndarray, version: str | None) -> tuple[str, np.ndarray]:
         """A model call, retried on another replica when the one it went to died (a crash, a node lost)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         for attempt in range(RETRIES + 1):
             try:
-                return await self.handles[name].predict.remote(frame, version)
+                return await self.handles[name].predict.remote(matrix, version)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == RETRIES:
                     raise
@@ -255,39 +286,41 @@ class Gateway:
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _timed(self, name: str, version: str, frame: pd.DataFrame) -> tuple[bool, float, Any]:
+    async def _timed(self, name: str, version: str, matrix: np.ndarray) -> tuple[bool, float, Any]:
         started = time.perf_counter()
         try:
-            _, output = await self._call(name, frame, version)
-            return True, (time.perf_counter() - started) * 1000, output
+            _, raw = await self._call(name, matrix, version)
+            return True, (time.perf_counter() - started) * 1000, raw
         except Exception as exc:  # a failing candidate: counted, and the request falls back to live
             return False, (time.perf_counter() - started) * 1000, exc
 
-    async def _routed(self, name: str, rollout: Rollout, frame: pd.DataFrame, request: Request) -> Any:
+    async def _routed(self, name: str, rollout: Rollout, matrix: np.ndarray, request: Request) -> Any:
         """A request during a rollout: route it, time it, fall back to live on a candidate failure, judge."""
         chosen = rollout.route(request.headers.get("x-routing-key"))
-        ok, ms, output = await self._timed(name, chosen, frame)
+        ok, ms, raw = await self._timed(name, chosen, matrix)
         rollout.record(chosen, ok, ms)
         if not ok and chosen != rollout.live:
             log.warning("fabric: candidate %s v%s failed (%s); answered by live v%s", name, chosen,
-                        type(output).__name__, rollout.live)
+                        type(raw).__name__, rollout.live)
             chosen = rollout.live
-            ok, ms, output = await self._timed(name, chosen, frame)
+            ok, ms, raw = await self._timed(name, chosen, matrix)
             rollout.record(chosen, ok, ms)
-        if rollout.shadowing:
+        if rollout.shadowing and ok:
             request_id = request.headers.get("x-request-id") or "-"
-            asyncio.get_running_loop().create_task(self._shadow(name, rollout, frame, output, request_id))
+            asyncio.get_running_loop().create_task(self._shadow(name, rollout, matrix, raw, request_id))
         await self._judge(name, rollout)
         if not ok:
-            raise output
-        return chosen, output
+            raise raw
+        return chosen, raw
 
-    async def _shadow(self, name: str, rollout: Rollout, frame: pd.DataFrame, live: Any, request_id: str) -> None:
-        ok, ms, output = await self._timed(name, rollout.candidate, frame)
+    async def _shadow(self, name: str, rollout: Rollout, matrix: np.ndarray, live: np.ndarray,
+                      request_id: str) -> None:
+        ok, ms, raw = await self._timed(name, rollout.candidate, matrix)
         rollout.record(rollout.candidate, ok, ms)
-        live_rows = live.to_dict("records") if isinstance(live, pd.DataFrame) else None
-        rollout.record_shadow(request_id, live_rows, output.to_dict("records") if ok else None,
-                              None if ok else f"{type(output).__name__}: {output}")
+        task = (await self._info(name))["meta"]["task"]
+        rollout.record_shadow(request_id, records(output_columns(task, live)),
+                              records(output_columns(task, raw)) if ok else None,
+                              None if ok else f"{type(raw).__name__}: {raw}")
         log.info("fabric shadow %s request %s: live v%s vs candidate v%s: %s", name, request_id, rollout.live,
                  rollout.candidate, "agree" if rollout.shadows[-1]["agree"] else "differ")
         await self._judge(name, rollout)
@@ -347,16 +380,16 @@ class Gateway:
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_v2, None, request_id, "v2_infer")
-            return used, v2_response(name, used, output, request_id)
+            used, columns = await self._predict(request, name, matrix_from_v2, None, request_id, "v2_infer")
+            return used, v2_response(name, used, columns, request_id)
 
         return await self._serve(request, "v2_infer", name, work)
 
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer_version(self, name: str, version: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_v2, version, request_id, "v2_infer")
-            return used, v2_response(name, used, output, request_id)
+            used, columns = await self._predict(request, name, matrix_from_v2, version, request_id, "v2_infer")
+            return used, v2_response(name, used, columns, request_id)
 
         return await self._serve(request, "v2_infer", name, work)
 
@@ -365,17 +398,17 @@ class Gateway:
     @api.post("/invocations")
     async def invocations(self, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, self.default, frame_from_mlflow, None, request_id,
-                                               "invocations")
-            return used, mlflow_response(output)
+            used, columns = await self._predict(request, self.default, matrix_from_mlflow, None, request_id,
+                                                "invocations")
+            return used, mlflow_response(columns)
 
         return await self._serve(request, "invocations", self.default, work)
 
     @api.post("/models/{name}/invocations")
     async def model_invocations(self, name: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, output = await self._predict(request, name, frame_from_mlflow, None, request_id, "invocations")
-            return used, mlflow_response(output)
+            used, columns = await self._predict(request, name, matrix_from_mlflow, None, request_id, "invocations")
+            return used, mlflow_response(columns)
 
         return await self._serve(request, "invocations", name, work)
 
@@ -464,11 +497,10 @@ class Gateway:
             reason = request.headers.get("x-reason") or f"{rollout.request.strategy} rollout finished"
             await asyncio.to_thread(registry.set_champion, name, rollout.candidate, actor=actor, reason=reason,
                                     action=f"rollout_{rollout.request.strategy}_finished")
-            state = await self.handles[name].reload.remote()
             self.infos.pop(name, None)
             self.rollouts.pop(name, None)
             self.ended[name] = {**rollout.status(), "outcome": "finished", "reason": reason, "ended": time.time()}
-            return state["version"], self.ended[name]
+            return (await self._info(name))["live"], self.ended[name]
 
         return await self._serve(request, "rollout", name, work)
 
@@ -477,9 +509,9 @@ class Gateway:
         async def work(_: str) -> Any:
             self._authorize(request, "admin")
             await self._info(name)
-            state = await self.handles[name].reload.remote()
-            self.infos.pop(name, None)
-            return state["version"], state
+            self.infos.pop(name, None)  # read the alias again now rather than within INFO_TTL_S
+            live = (await self._info(name))["live"]
+            return live, {"model": name, "alias": self.aliases[name], "version": live}
 
         return await self._serve(request, "reload", name, work)
 
@@ -506,7 +538,8 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
             options["num_replicas"] = route.num_replicas
         models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
     return Gateway.options(ray_actor_options={"num_cpus": 0.25}).bind(
-        models, keys.hashed, cfg.auth.required, cfg.max_request_bytes, cfg.log_payloads,
+        models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
+        cfg.max_request_bytes, cfg.log_payloads,
         {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})
 
 

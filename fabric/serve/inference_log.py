@@ -64,28 +64,36 @@ class InferenceLog:
         self.lock = threading.Lock()
         self.last_flush = time.monotonic()
         self.written = 0
+        self.pending = 0
         threading.Thread(target=self._timer, daemon=True, name="inference-log").start()
 
-    def add(self, request_id: str, model: str, version: str, endpoint: str, inputs: Any, outputs: Any) -> None:
-        """Records one request: ``inputs`` and ``outputs`` are DataFrames with one row per predicted row."""
-        now = time.time()
-        rows = [
-            {"request_id": request_id, "row": i, "time": now, "model": model, "version": str(version),
-             "endpoint": endpoint, "inputs": json.dumps(x), "outputs": json.dumps(y)}
-            for i, (x, y) in enumerate(zip(inputs.to_dict("records"), outputs.to_dict("records"), strict=True))
-        ]
+    def add(self, request_id: str, model: str, version: str, endpoint: str, features: list[str], inputs: Any,
+            outputs: dict[str, Any]) -> None:
+        """Records one request: ``inputs`` a rows x features matrix, ``outputs`` columns of the same rows.
+
+        Only a reference is kept here; rows are built when the buffer is written, off the request path.
+        """
         with self.lock:
             buffer = self.buffers.setdefault(model, [])
-            buffer.extend(rows)
-            full = len(buffer) >= self.flush_rows
+            buffer.append((time.time(), request_id, str(version), endpoint, features, inputs, outputs))
+            self.pending += len(inputs)
+            full = self.pending >= self.flush_rows
         if full:
             self.flush()
 
     def flush(self) -> None:
         with self.lock:
-            buffers, self.buffers = self.buffers, {}
+            buffers, self.buffers, self.pending = self.buffers, {}, 0
             self.last_flush = time.monotonic()
-        for model, rows in buffers.items():
+        for model, requests in buffers.items():
+            rows = [
+                {"request_id": request_id, "row": i, "time": at, "model": model, "version": version,
+                 "endpoint": endpoint, "inputs": json.dumps(dict(zip(features, x, strict=True))),
+                 "outputs": json.dumps({c: v[i] for c, v in columns.items()})}
+                for at, request_id, version, endpoint, features, matrix, outputs in requests
+                for columns in [{c: v.tolist() for c, v in outputs.items()}]
+                for i, x in enumerate(matrix.tolist())
+            ]
             if rows:
                 _write(self.root, model, "predictions", rows)
                 self.written += len(rows)

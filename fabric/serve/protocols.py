@@ -1,6 +1,6 @@
-"""The wire formats a model answers in, as pure functions (no Ray): KServe's Open Inference Protocol v2 and
-MLflow's scoring format. Every malformed request becomes a :class:`RequestError` with a 4xx status and a
-message naming the field.
+"""The wire formats a model answers in, as pure functions (no Ray, no pandas on the request path): KServe's Open
+Inference Protocol v2 and MLflow's scoring format. Every malformed request becomes a :class:`RequestError` with a
+4xx status and a message naming the field.
 
 V2 (``POST /v2/models/NAME/infer``): either one 1-D tensor per feature column (``name`` = column, ``shape``
 ``[n]``), or one 2-D tensor ``[n, n_features]`` with the columns in the model's order. The response has one
@@ -17,9 +17,9 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-__all__ = ["RequestError", "frame_from_mlflow", "frame_from_v2", "mlflow_response", "v2_metadata", "v2_response"]
+__all__ = ["RequestError", "matrix_from_mlflow", "matrix_from_v2", "mlflow_response", "output_columns", "records",
+           "v2_metadata", "v2_response"]
 
 V2_TYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
             "FP64"}
@@ -52,22 +52,32 @@ def _numbers(values: Any, where: str) -> np.ndarray:
     return array
 
 
-def check_frame(frame: pd.DataFrame, features: list[str], where: str) -> pd.DataFrame:
-    """The frame's feature columns in model order, as float64; 422 naming missing columns or bad values."""
-    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+def _matrix(names: list[str], values: Any, features: list[str], where: str) -> np.ndarray:
+    """The model's feature matrix (rows x features, float64) from named columns; 422 naming what is wrong."""
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
     if repeated:
         raise RequestError(f"{where}: column(s) given more than once: {', '.join(repeated)}")
-    missing = [c for c in features if c not in frame.columns]
+    missing = [c for c in features if c not in names]
     if missing:
         raise RequestError(f"{where}: missing feature column(s) {', '.join(missing)}; the model needs "
                            f"{len(features)} columns: {', '.join(features)}")
-    if frame.empty:
+    index = [names.index(c) for c in features]
+    try:
+        matrix = np.asarray(values, dtype="float64")[:, index]
+        if not np.isfinite(matrix).all():
+            raise ValueError
+    except (TypeError, ValueError, OverflowError, IndexError):
+        # The fast path failed: find the first bad column and name it.
+        for c, i in zip(features, index, strict=True):
+            _numbers([row[i] for row in values], f"{where}.{c}")
+        raise RequestError(f"{where}: rows must hold one number per column") from None
+    if not len(matrix):
         raise RequestError(f"{where}: no rows")
-    return pd.DataFrame({c: _numbers(frame[c].to_numpy(), f"{where}.{c}") for c in features})
+    return matrix
 
 
-def frame_from_v2(body: Any, features: list[str]) -> pd.DataFrame:
-    """The feature frame of a V2 inference request."""
+def matrix_from_v2(body: Any, features: list[str]) -> np.ndarray:
+    """The feature matrix of a V2 inference request."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise RequestError("inputs: a V2 request needs a non-empty list of input tensors")
     tensors: dict[str, np.ndarray] = {}
@@ -87,6 +97,8 @@ def frame_from_v2(body: Any, features: list[str]) -> pd.DataFrame:
         data = _numbers(tensor["data"], f"{where}.data").reshape(-1)
         if data.size != math.prod(shape):
             raise RequestError(f"{where}.data: holds {data.size} values but shape {shape} needs {math.prod(shape)}")
+        if str(name) in tensors:
+            raise RequestError(f"inputs: tensor {name!r} given more than once")
         tensors[str(name)] = data.reshape(shape)
     if len(tensors) == 1:
         (name, array), = tensors.items()
@@ -94,20 +106,28 @@ def frame_from_v2(body: Any, features: list[str]) -> pd.DataFrame:
             if array.shape[1] != len(features):
                 raise RequestError(f"inputs[0].shape: a 2-D input needs {len(features)} columns (the model's "
                                    f"features), got {array.shape[1]}")
-            return pd.DataFrame(array, columns=features)
-    columns = {}
+            if not len(array):
+                raise RequestError("inputs: no rows")
+            return array
     for name, array in tensors.items():
         if array.ndim != 1:
             raise RequestError(f"inputs.{name}.shape: one tensor per column must be 1-D, got {list(array.shape)}")
-        columns[name] = array
-    lengths = {len(a) for a in columns.values()}
+    lengths = {len(a) for a in tensors.values()}
     if len(lengths) > 1:
         raise RequestError(f"inputs: column tensors differ in length ({sorted(lengths)})")
-    return check_frame(pd.DataFrame(columns), features, "inputs")
+    names = list(tensors)
+    missing = [c for c in features if c not in tensors]
+    if missing:
+        raise RequestError(f"inputs: missing feature column(s) {', '.join(missing)}; the model needs "
+                           f"{len(features)} columns: {', '.join(features)}")
+    matrix = np.column_stack([tensors[c] for c in features]) if names else np.zeros((0, len(features)))
+    if not len(matrix):
+        raise RequestError("inputs: no rows")
+    return matrix
 
 
-def frame_from_mlflow(body: Any, features: list[str]) -> pd.DataFrame:
-    """The feature frame of an MLflow scoring request (``dataframe_split`` or ``dataframe_records``)."""
+def matrix_from_mlflow(body: Any, features: list[str]) -> np.ndarray:
+    """The feature matrix of an MLflow scoring request (``dataframe_split`` or ``dataframe_records``)."""
     if not isinstance(body, dict):
         raise RequestError("body: must be a JSON object with dataframe_split or dataframe_records")
     if "dataframe_split" in body:
@@ -115,24 +135,47 @@ def frame_from_mlflow(body: Any, features: list[str]) -> pd.DataFrame:
         if not isinstance(split, dict) or not isinstance(split.get("columns"), list) \
                 or not isinstance(split.get("data"), list):
             raise RequestError("dataframe_split: needs columns (a list) and data (a list of rows)")
+        columns = split["columns"]
         for i, row in enumerate(split["data"]):
-            if not isinstance(row, list) or len(row) != len(split["columns"]):
-                raise RequestError(f"dataframe_split.data[{i}]: must be a list of {len(split['columns'])} values")
-        frame = pd.DataFrame(split["data"], columns=split["columns"])
-        return check_frame(frame, features, "dataframe_split")
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise RequestError(f"dataframe_split.data[{i}]: must be a list of {len(columns)} values")
+        if not split["data"]:
+            raise RequestError("dataframe_split: no rows")
+        return _matrix([str(c) for c in columns], split["data"], features, "dataframe_split")
     if "dataframe_records" in body:
         records = body["dataframe_records"]
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise RequestError("dataframe_records: must be a list of objects, one per row")
-        return check_frame(pd.DataFrame.from_records(records), features, "dataframe_records")
+        if not records:
+            raise RequestError("dataframe_records: no rows")
+        missing = sorted({c for r in records for c in features if c not in r}, key=features.index)
+        if missing:
+            raise RequestError(f"dataframe_records: missing feature column(s) {', '.join(missing)}; the model "
+                               f"needs {len(features)} columns: {', '.join(features)}")
+        return _matrix(features, [[r[c] for c in features] for r in records], features, "dataframe_records")
     raise RequestError("body: give dataframe_split or dataframe_records (MLflow's scoring format)")
 
 
-def v2_response(name: str, version: str, output: pd.DataFrame, request_id: str | None) -> dict[str, Any]:
+def output_columns(task: str, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """A model's raw output as named columns: ``prediction`` (+ ``probability_<k>`` for a classifier)."""
+    if task == "regression":
+        return {"prediction": raw}
+    columns = {"prediction": raw.argmax(axis=1).astype("int64")}
+    for k in range(raw.shape[1]):
+        columns[f"probability_{k}"] = raw[:, k]
+    return columns
+
+
+def records(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Output columns as one dict per row."""
+    names, values = list(columns), [columns[c].tolist() for c in columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def v2_response(name: str, version: str, columns: dict[str, np.ndarray], request_id: str | None) -> dict[str, Any]:
     outputs = [
-        {"name": str(c), "shape": [len(output)], "datatype": _datatype(output[c].dtype),
-         "data": output[c].tolist()}
-        for c in output.columns
+        {"name": c, "shape": [len(v)], "datatype": _datatype(v.dtype), "data": v.tolist()}
+        for c, v in columns.items()
     ]
     response: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": outputs}
     if request_id:
@@ -140,8 +183,8 @@ def v2_response(name: str, version: str, output: pd.DataFrame, request_id: str |
     return response
 
 
-def mlflow_response(output: pd.DataFrame) -> dict[str, Any]:
-    return {"predictions": output.to_dict(orient="records")}
+def mlflow_response(columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"predictions": records(columns)}
 
 
 def v2_metadata(name: str, versions: list[str], meta: dict[str, Any]) -> dict[str, Any]:

@@ -289,6 +289,8 @@ def test_every_prediction_is_logged_and_late_labels_join_by_request_id(server):
 
 
 def test_fuzzed_bodies_never_get_a_5xx_and_every_4xx_explains(server):
+    import json
+
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -313,7 +315,9 @@ def test_fuzzed_bodies_never_get_a_5xx_and_every_4xx_explains(server):
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(path=paths, body=bodies)
     def check(path, body):
-        response = _post(server, path, body)
+        # Encoded here: Python's json writes NaN/Infinity, which strict clients refuse to send, but servers meet.
+        response = requests.post(server["url"] + path, data=json.dumps(body), timeout=60, headers={
+            "Authorization": f"Bearer {PREDICT_KEY}", "Content-Type": "application/json"})
         assert response.status_code < 500, (path, body, response.text)
         if response.status_code >= 400:
             assert response.json()["error"].strip(), (path, body, response.text)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import numpy as np
 import pytest
 
 from fabric.serve.keys import KeyError_, Keyring, hash_key
-from fabric.serve.protocols import RequestError, frame_from_mlflow, frame_from_v2, mlflow_response, v2_response
+from fabric.serve.protocols import (
+    RequestError,
+    matrix_from_mlflow,
+    matrix_from_v2,
+    mlflow_response,
+    output_columns,
+    v2_response,
+)
 
 FEATURES = ["a", "b"]
 
 
 def test_v2_accepts_one_tensor_per_column_or_one_matrix():
-    by_column = frame_from_v2({"inputs": [
+    by_column = matrix_from_v2({"inputs": [
         {"name": "b", "shape": [2], "datatype": "FP64", "data": [3, 4]},
         {"name": "a", "shape": [2], "datatype": "FP32", "data": [1, 2]},
     ]}, FEATURES)
-    matrix = frame_from_v2({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 3, 2, 4]}]},
-                           FEATURES)
-    pd.testing.assert_frame_equal(by_column, matrix)
-    assert list(by_column.columns) == FEATURES and by_column["b"].tolist() == [3.0, 4.0]
+    matrix = matrix_from_v2({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 3, 2, 4]}]},
+                            FEATURES)
+    np.testing.assert_array_equal(by_column, matrix)
+    assert by_column[:, 1].tolist() == [3.0, 4.0]  # column b, in the model's order
 
 
 @pytest.mark.parametrize(("body", "status", "names"), [
@@ -34,26 +41,27 @@ def test_v2_accepts_one_tensor_per_column_or_one_matrix():
 ])
 def test_v2_errors_name_the_field(body, status, names):
     with pytest.raises(RequestError, match=names.replace("[", r"\[").replace("]", r"\]")) as caught:
-        frame_from_v2(body, FEATURES)
+        matrix_from_v2(body, FEATURES)
     assert caught.value.status == status
 
 
 def test_mlflow_split_and_records_agree_and_errors_name_the_field():
-    split = frame_from_mlflow({"dataframe_split": {"columns": ["b", "a"], "data": [[3, 1], [4, 2]]}}, FEATURES)
-    records = frame_from_mlflow({"dataframe_records": [{"a": 1, "b": 3}, {"a": 2, "b": 4}]}, FEATURES)
-    pd.testing.assert_frame_equal(split, records)
+    split = matrix_from_mlflow({"dataframe_split": {"columns": ["b", "a"], "data": [[3, 1], [4, 2]]}}, FEATURES)
+    records = matrix_from_mlflow({"dataframe_records": [{"a": 1, "b": 3}, {"a": 2, "b": 4}]}, FEATURES)
+    np.testing.assert_array_equal(split, records)
+    assert split.tolist() == [[1.0, 3.0], [2.0, 4.0]]
     with pytest.raises(RequestError, match="missing feature column.*b"):
-        frame_from_mlflow({"dataframe_records": [{"a": 1}]}, FEATURES)
+        matrix_from_mlflow({"dataframe_records": [{"a": 1}]}, FEATURES)
     with pytest.raises(RequestError, match=r"dataframe_split.data\[0\]"):
-        frame_from_mlflow({"dataframe_split": {"columns": ["a", "b"], "data": [[1]]}}, FEATURES)
+        matrix_from_mlflow({"dataframe_split": {"columns": ["a", "b"], "data": [[1]]}}, FEATURES)
     with pytest.raises(RequestError, match="dataframe_records.a"):
-        frame_from_mlflow({"dataframe_records": [{"a": "one", "b": 2}]}, FEATURES)
+        matrix_from_mlflow({"dataframe_records": [{"a": "one", "b": 2}]}, FEATURES)
     with pytest.raises(RequestError, match="dataframe_split or dataframe_records"):
-        frame_from_mlflow({"instances": []}, FEATURES)
+        matrix_from_mlflow({"instances": []}, FEATURES)
 
 
 def test_responses_follow_each_protocol():
-    output = pd.DataFrame({"prediction": [1, 0], "probability_0": [0.2, 0.9], "probability_1": [0.8, 0.1]})
+    output = output_columns("classification", np.array([[0.2, 0.8], [0.9, 0.1]]))
     v2 = v2_response("m", "3", output, "req-1")
     assert v2["model_version"] == "3" and v2["id"] == "req-1"
     assert v2["outputs"][0] == {"name": "prediction", "shape": [2], "datatype": "INT64", "data": [1, 0]}
