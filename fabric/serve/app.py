@@ -44,6 +44,7 @@ __all__ = ["Gateway", "ModelServer", "app_builder", "build_app"]
 log = logging.getLogger("ray.serve")
 INFO_TTL_S = 2.0
 RETRIES = 3  # model calls retried when their replica died
+GATEWAY_MAX_ONGOING = 256
 
 
 @serve.deployment
@@ -530,14 +531,15 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         options: dict[str, Any] = {
             "name": f"model-{route.name}",
             "ray_actor_options": {"num_cpus": route.num_cpus, "num_gpus": route.num_gpus},
-            "max_ongoing_requests": max(2 * route.max_batch_size, 8),
+            "max_ongoing_requests": max(4 * route.max_batch_size, 16),
         }
         if route.autoscaling:
             options["autoscaling_config"] = route.autoscaling.model_dump()
         else:
             options["num_replicas"] = route.num_replicas
         models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
-    return Gateway.options(ray_actor_options={"num_cpus": 0.25}).bind(
+    # The gateway only awaits the model calls: let it hold many requests, so they reach @serve.batch together.
+    return Gateway.options(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=GATEWAY_MAX_ONGOING).bind(
         models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
         cfg.max_request_bytes, cfg.log_payloads,
         {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})
