@@ -79,9 +79,15 @@ def submit(address: str, env: dict[str, str], *args: str) -> subprocess.Complete
     )
 
 
-def test_smoke_job_succeeds_and_streams_its_logs(ray_head):
+@pytest.fixture(scope="module")
+def smoke_via_fabric(ray_head):
+    """One `fabric submit smoke` run, shared by the tests that look at it (each costs most of a minute)."""
     address, env = ray_head
-    out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1")
+    return submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1")
+
+
+def test_smoke_job_succeeds_and_streams_its_logs(smoke_via_fabric):
+    out = smoke_via_fabric
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "submitted job raysubmit_" in out.stdout
     assert "python -m workloads.smoke --config configs/smoke.yaml train.epochs=1" in out.stdout
@@ -107,7 +113,7 @@ def test_bad_config_is_refused_before_submitting(ray_head):
 
 def test_no_wait_returns_the_submission_id(ray_head):
     address, env = ray_head
-    out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1", "--no-wait")
+    out = submit(address, env, "tests/fixtures/quick_job.py", "n=5", "--no-wait")
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split("submitted job ")[1].split(":")[0]
     # Polled with Ray's own CLI in a child process: this test process keeps its embedded Ray's auth settings.
@@ -125,11 +131,11 @@ def test_no_wait_returns_the_submission_id(ray_head):
     assert f"job '{job_id.lower()}' succeeded" in status
 
 
-def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head):
+def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head, smoke_via_fabric):
     """The third entry point: Ray's own CLI with the documented line, and the same result as `fabric submit`."""
     address, env = ray_head
     args = ["--config", "configs/smoke.yaml", "train.epochs=1"]
-    via_fabric = last_json(submit(address, env, "smoke", *args).stdout, "test_accuracy")
+    via_fabric = last_json(smoke_via_fabric.stdout, "test_accuracy")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
          "--", "python", "-m", "workloads.smoke", *args],

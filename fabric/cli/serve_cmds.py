@@ -19,21 +19,34 @@ def up(
     detach: bool = typer.Option(False, "--detach", help="Deploy and return (on a cluster: RAY_ADDRESS or "
                                 "runtime.ray.address). Default: serve in the foreground until Ctrl-C."),
 ) -> None:
-    """Deploy the config's models; print the endpoints. Foreground on the embedded Ray, Ctrl-C stops cleanly."""
+    """Deploy the config's models; print the endpoints. Foreground on the embedded Ray, Ctrl-C stops cleanly.
+
+    A config with ``kind: llm`` deploys an OpenAI-compatible LLM API (llm.serving) instead of tabular models.
+    """
     import signal
     import threading
 
-    from fabric.config import ConfigError
+    from fabric.config import ConfigError, load_yaml
     from fabric.serve.config import ServeConfig
 
     try:
-        cfg = ServeConfig.from_yaml(config, overrides or [])
+        is_llm = load_yaml(config).get("kind") == "llm"
+        if is_llm:
+            from llm.serving.config import LLMServeConfig
+
+            cfg = LLMServeConfig.from_yaml(config, overrides or [])
+        else:
+            cfg = ServeConfig.from_yaml(config, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
     from ray import serve
 
     from fabric.runtime import init_ray, resolve_stack, setup_mlflow
-    from fabric.serve.app import build_app
+
+    if is_llm:
+        from llm.serving.build import build_llm_app as build_app
+    else:
+        from fabric.serve.app import build_app
 
     stack = resolve_stack(cfg.runtime)
     if detach and not stack.ray_address:
@@ -52,11 +65,16 @@ def up(
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(application, name=cfg.name, route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-        print(f"serving {', '.join(m.name + '@' + m.alias for m in cfg.models)} as application {cfg.name!r}:")
-        print(f"  {base}/invocations  MLflow scoring ({cfg.models[0].name})")
-        for model in cfg.models:
-            print(f"  {base}/v2/models/{model.name}/infer  KServe V2")
-        print(f"  {base}/v2/health/ready  {base}/docs (OpenAPI)", flush=True)
+        if is_llm:
+            from llm.serving.build import endpoints
+
+            print("\n".join(endpoints(cfg)), flush=True)
+        else:
+            print(f"serving {', '.join(m.name + '@' + m.alias for m in cfg.models)} as application {cfg.name!r}:")
+            print(f"  {base}/invocations  MLflow scoring ({cfg.models[0].name})")
+            for model in cfg.models:
+                print(f"  {base}/v2/models/{model.name}/infer  KServe V2")
+            print(f"  {base}/v2/health/ready  {base}/docs (OpenAPI)", flush=True)
         if detach:
             return
         print("Ctrl-C stops the application.", flush=True)

@@ -132,14 +132,27 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert workload.config_cls.from_yaml(saved) == cfg
 
 
+def serve_config_class(path: Path) -> type[FabricConfig]:
+    """What `fabric serve up` loads the file as: `kind: llm` is an LLM API, no kind a tabular serve config."""
+    from fabric.config import load_yaml
+    from fabric.serve.config import ServeConfig
+    from llm.serving.config import LLMServeConfig
+
+    return LLMServeConfig if load_yaml(path).get("kind") == "llm" else ServeConfig
+
+
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_serve_config_loads_and_round_trips(path, tmp_path):
-    from fabric.serve.config import ServeConfig
-
-    cfg = ServeConfig.from_yaml(path)
+    config_cls = serve_config_class(path)
+    cfg = config_cls.from_yaml(path)
     saved = tmp_path / "saved.yaml"
     cfg.to_yaml(saved)
-    assert ServeConfig.from_yaml(saved) == cfg
+    assert config_cls.from_yaml(saved) == cfg
+
+
+def test_serve_configs_of_both_kinds_are_shipped():
+    kinds = {serve_config_class(p).__name__ for p in SERVE_CONFIGS}
+    assert kinds == {"ServeConfig", "LLMServeConfig"}
 
 
 @pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.name)

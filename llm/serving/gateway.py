@@ -1,0 +1,200 @@
+"""The OpenAI-compatible HTTP front of the transformers engine: auth, parsing, limits, tokenization, streaming.
+
+Everything a request can get wrong is decided here, before the engine sees it, and answered in OpenAI's error
+shape: 401/403 (API keys, as for the tabular endpoints), 404 (unknown model or adapter), 413 (body too big),
+422 (bad JSON, wrong types), 400 (max_tokens over the cap, prompt plus max_tokens over the context length,
+unsupported options), 429 (too many requests in flight). Streams are server-sent events in OpenAI's chunk
+format, ending with ``data: [DONE]``.
+"""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from fabric.serve.keys import Keyring
+from llm.serving import openai_protocol as oai
+from llm.serving.adapters import split_model
+from llm.serving.config import LLMLimits, LLMModel
+from llm.serving.generation import Job
+from llm.serving.openai_protocol import ApiError, ChatCompletionRequest, CompletionRequest
+
+__all__ = ["OpenAIGateway"]
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(title="fabric LLM serving", description="OpenAI-compatible chat and text completions. Send "
+              "`Authorization: Bearer KEY`.")
+
+
+@serve.deployment
+@serve.ingress(api)
+class OpenAIGateway:
+    """HTTP front: validates and tokenizes requests, calls the engine, formats answers and streams."""
+
+    def __init__(self, engine: Any, model: dict[str, Any], limits: dict[str, Any], hashed_keys: dict[str, str],
+                 auth_required: bool):
+        from transformers import AutoTokenizer
+
+        from llm.models import resolve_model
+
+        self.engine = engine
+        self.model, self.limits = LLMModel(**model), LLMLimits(**limits)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model.source))
+        self.keys, self.auth_required = Keyring(hashed_keys), auth_required
+        self.in_flight = 0
+        self.created = int(time.time())
+
+    @api.get("/health")
+    async def health(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        try:
+            self._authorize(request)
+        except ApiError as exc:
+            return self._error(exc)
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.model.id, "object": "model", "created": self.created, "owned_by": "fabric",
+             "root": self.model.source, "parent": None}]})
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Any:
+        return await self._answer(request, ChatCompletionRequest)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Any:
+        return await self._answer(request, CompletionRequest)
+
+    # -- steps -------------------------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if not self.auth_required:
+            return
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        if not key:
+            raise ApiError("missing API key: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
+        role = self.keys.role(key)
+        if role is None:
+            raise ApiError("invalid API key", 401, code="invalid_api_key")
+        if not Keyring.allows(role, "predict"):
+            raise ApiError(f"this key has role {role!r}; completions need 'predict'", 403)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.limits.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(f"request body of {declared} bytes is over the limit of {limit}", 413)
+        body = await request.body()
+        if len(body) > limit:
+            raise ApiError(f"request body of {len(body)} bytes is over the limit of {limit}", 413)
+        return body
+
+    def _job(self, req: Any) -> Job:
+        """Tokenizes the prompt and applies the limits; the engine gets token ids and sampling settings."""
+        if isinstance(req, ChatCompletionRequest):
+            try:
+                text = self.tokenizer.apply_chat_template(req.turns(), tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # the template's own checks (e.g. role order) raise jinja errors
+                raise ApiError(f"messages: the chat template refused them: {exc}", 400, "messages") from None
+            prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = self.tokenizer(req.text())["input_ids"]
+        if not prompt_ids:
+            raise ApiError("prompt: empty; give at least one token", 400, "prompt")
+        context, cap = self.limits.max_context_tokens, self.limits.max_tokens
+        asked = req.requested_tokens()
+        if asked is not None and asked > cap:
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            raise ApiError(f"{param} is {asked}, over this server's limit of {cap}; ask for at most {cap}", 400,
+                           param)
+        room = context - len(prompt_ids)
+        max_tokens = asked if asked is not None else min(self.limits.default_max_tokens, room)
+        if max_tokens > room:
+            raise ApiError(f"this model's maximum context length is {context} tokens, but the prompt has "
+                           f"{len(prompt_ids)} tokens and max_tokens asks for {max_tokens} more "
+                           f"({len(prompt_ids) + max_tokens} in all); shorten the prompt or lower max_tokens",
+                           400, "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                           "context_length_exceeded")
+        return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                   stop=req.stops(), seed=req.seed)
+
+    async def _answer(self, request: Request, cls: type) -> Any:
+        chat = cls is ChatCompletionRequest
+        rid = oai.new_id("chatcmpl" if chat else "cmpl")
+        admitted = False
+        try:
+            self._authorize(request)
+            req = oai.parse_request(await self._body(request), cls)
+            _, adapter = split_model(req.model, self.model.id)
+            job = self._job(req)
+            if self.in_flight >= self.limits.max_concurrent_requests:
+                raise ApiError(f"{self.in_flight} requests are in flight, the server's limit is "
+                               f"{self.limits.max_concurrent_requests}; retry shortly", 429)
+            self.in_flight += 1
+            admitted = True
+            engine = self.engine.options(multiplexed_model_id=adapter) if adapter else self.engine
+            if req.stream:
+                events = engine.options(stream=True).stream.remote(job)
+                first = await self._engine_call(events.__anext__())
+                admitted = False  # the stream releases its slot when it ends
+                return StreamingResponse(self._sse(req, rid, chat, len(job.prompt_ids), first, events),
+                                         media_type="text/event-stream", headers={"x-request-id": rid})
+            result = await self._engine_call(engine.complete.remote(job))
+            build = oai.chat_response if chat else oai.text_response
+            return JSONResponse(build(rid, req.model, result["text"], result["finish_reason"], len(job.prompt_ids),
+                                      result["completion_tokens"]), headers={"x-request-id": rid})
+        except ApiError as exc:
+            return self._error(exc)
+        except Exception as exc:  # an engine failure: still OpenAI's error shape, and the reason
+            log.exception("fabric llm: request %s failed", rid)
+            return self._error(ApiError(f"the engine failed: {type(exc).__name__}: {str(exc)[:500]}", 500))
+        finally:
+            if admitted:
+                self.in_flight -= 1
+
+    async def _sse(self, req: Any, rid: str, chat: bool, prompt_tokens: int, first: dict[str, Any],
+                   events: Any) -> AsyncIterator[bytes]:
+        try:
+            if chat:
+                yield oai.sse(oai.chat_chunk(rid, req.model, {"role": "assistant", "content": ""}))
+            event = first
+            while True:
+                if event["text"] or event["finish_reason"]:
+                    if chat:
+                        delta = {"content": event["text"]} if event["text"] else {}
+                        yield oai.sse(oai.chat_chunk(rid, req.model, delta, event["finish_reason"]))
+                    else:
+                        yield oai.sse(oai.text_chunk(rid, req.model, event["text"], event["finish_reason"]))
+                if event["finish_reason"]:
+                    break
+                event = await events.__anext__()
+            if (req.stream_options or {}).get("include_usage"):
+                counts = oai.usage(prompt_tokens, event["completion_tokens"])
+                yield oai.sse(oai.chat_chunk(rid, req.model, None, counts=counts) if chat
+                              else oai.text_chunk(rid, req.model, "", counts=counts))
+            yield oai.sse("[DONE]")
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    async def _engine_call(awaitable: Any) -> Any:
+        """Awaits an engine call; an :class:`ApiError` raised in the engine (unknown adapter) keeps its status."""
+        try:
+            return await awaitable
+        except Exception as exc:
+            cause = getattr(exc, "cause", exc)  # Ray wraps what the replica raised
+            if isinstance(cause, ApiError):
+                raise ApiError(cause.message, cause.status, cause.param, cause.code) from None
+            raise
+
+    @staticmethod
+    def _error(exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(oai.error_body(exc), status_code=exc.status, headers=headers)
