@@ -26,7 +26,10 @@ from fabric.tabular.prepare import Prepared
 __all__ = ["ParityError", "build_trainer", "finish", "load_checkpoint", "loop_config", "torch_loop", "xgboost_loop"]
 
 STATE = "train_state.pt"
-SHUFFLE_WINDOW = 128  # batches per window handed over by Ray Data and shuffled on the worker
+# Ray Data hands each worker windows of up to this many batches (and at most WINDOW_BYTES of features), which the
+# worker shuffles and slices: Ray Data's per-batch overhead is paid once per window (bench/train_overhead.py).
+SHUFFLE_WINDOW = 512
+WINDOW_BYTES = 64 * 1024**2
 
 
 class ParityError(AssertionError):
@@ -151,6 +154,8 @@ def torch_loop(config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
 
     world = ray.train.get_context().get_world_size()
+    window_rows = max(hp["batch_size"], min(hp["batch_size"] * SHUFFLE_WINDOW,
+                                            WINDOW_BYTES // (4 * len(meta["features"]))))
     for epoch in range(start, hp["epochs"]):
         model.train()
         total, rows = 0.0, 0
@@ -159,7 +164,7 @@ def torch_loop(config: dict[str, Any]) -> None:
         # Ray Data hands over windows of many batches; they are shuffled and cut into batches here, on the device:
         # a local shuffle (like ``local_shuffle_buffer_size``) without Ray Data's per-batch overhead.
         for w, window in enumerate(train_shard.iter_torch_batches(
-                batch_size=hp["batch_size"] * SHUFFLE_WINDOW, prefetch_batches=2, device=device)):
+                batch_size=window_rows, prefetch_batches=2, device=device)):
             x, y = window["features"], window["label"]
             order = torch.randperm(len(y), generator=generator).to(y.device)
             for i in range(0, len(y), hp["batch_size"]):
