@@ -20,10 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: the sockets stay open until all are picked, so no port comes back twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,9 @@ def ray_head(tmp_path_factory):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("RAY_ADDRESS", None)
-    dashboard_port = free_port()
+    agents = ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
+              "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+    dashboard_port, *agent_ports = free_ports(1 + len(agents))
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")
     head = subprocess.Popen(
         [
@@ -40,10 +48,7 @@ def ray_head(tmp_path_factory):
             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
             # Fixed defaults such as the agent's 52365 are taken by this session's embedded Ray: pick free ones.
-            *(f"--{name}={free_port()}" for name in (
-                "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
-                "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-            )),
+            *(f"--{name}={port}" for name, port in zip(agents, agent_ports, strict=True)),
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
