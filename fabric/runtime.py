@@ -159,6 +159,8 @@ def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[s
     (``RAY_API_SERVER_ADDRESS``): Ray Train's placement-group cleaner asks the State API whether a
     controller is still alive, and without it a trial that Tune stops early would keep its CPUs forever. The
     explicit address also stops the State API from finding another Ray started later on the same machine.
+    Workers also get ``FABRIC_HOME`` as this process resolves it, since Ray Train and Tune run them in per-run
+    folders where ``./.fabric`` would be a new, empty home (and the model cache would be filled again).
     """
     import ray
 
@@ -177,7 +179,9 @@ def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[s
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 dashboard_port=port,
-                runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+                # Ray Train and Tune move workers into run folders: the home goes to them as an absolute path.
+                runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                                          "FABRIC_HOME": str(fabric_home())}},
                 log_to_driver=log_to_driver,
             )
     return ray.cluster_resources()

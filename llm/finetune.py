@@ -24,7 +24,16 @@ from typing import Any
 from fabric.runtime import fabric_home
 from llm.finetune_config import FinetuneConfig
 
-__all__ = ["build_trainer", "finetune", "load_chats", "lora_loop"]
+__all__ = ["Lineage", "build_trainer", "final_metrics", "finetune", "load_chats", "log_checkpoint", "loop_config",
+           "lora_loop", "pin_chats", "prepare_base"]
+
+
+class Lineage:
+    """The data lineage of a run, shaped like the tabular pipeline's ``Prepared`` for :func:`data_tags`."""
+
+    def __init__(self, uri: str, pinned: str, commit: str):
+        self.uri, self.pinned, self.commit = uri, pinned, commit
+
 
 QUIET_KEYS = ("epoch", "_runtime", "_per_second", "_preparation_time", "total_flos")  # timings: not a curve
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -34,46 +43,64 @@ def finetune(cfg: FinetuneConfig, run_name: str = "finetune_lora") -> dict[str, 
     """Fine-tunes a LoRA adapter in a new MLflow run and returns a summary (losses, run id, registered version)."""
     import mlflow
 
-    from fabric import data
-    from fabric.tabular.pipeline import data_tags
     from fabric.tracking import start_run
-    from llm.adapter import log_adapter
-    from llm.models import resolve_model
 
-    store = data.open_store(cfg.runtime)
-    _bootstrap_if_missing(cfg, store)
-    resolve_model(cfg.model.source)  # fail before Ray Train starts, and fill this node's cache once
+    store = prepare_base(cfg)
     with start_run(cfg, run_name=run_name, tags={"fabric.base_model": cfg.model.source}) as run:
-        pinned = data.pin(cfg.data.uri, store=store)
-        chats = load_chats(pinned, cfg.data.messages_column, store)
-        train_rows, holdout_rows = _split(chats, cfg)
-        prepared = _Pinned(uri=cfg.data.uri, pinned=pinned, commit=data.DataURI.parse(pinned).ref)
-        mlflow.set_tags(data_tags(prepared))
-        mlflow.log_params({"data.train_rows": len(train_rows), "data.holdout_rows": len(holdout_rows)})
-        print(f"[data] {pinned}: {len(train_rows)} training and {len(holdout_rows)} held-out conversations",
-              flush=True)
+        pinned, train_rows, holdout_rows = pin_chats(cfg, store)
         started = time.perf_counter()
-        trainer = build_trainer(cfg, _loop_config(cfg, train_rows, holdout_rows, run.info.run_id),
+        trainer = build_trainer(cfg, loop_config(cfg, train_rows, holdout_rows, run.info.run_id),
                                 name=f"{run_name}-{run.info.run_id[:12]}")
         result = trainer.fit()
         elapsed = time.perf_counter() - started
-        metrics = _final_metrics(result.metrics or {})
+        metrics = final_metrics(result.metrics or {})
         mlflow.log_metrics({**metrics, "train_seconds": elapsed})
-        with result.checkpoint.as_directory() as folder:
-            summary = log_adapter(cfg, _adapter_folder(Path(folder)), prepared, metrics)
-    summary.update(mlflow_run_id=run.info.run_id, train_seconds=round(elapsed, 2), data_uri=pinned,
-                   data_commit=prepared.commit, base_model=cfg.model.source, **metrics)
+        summary = log_checkpoint(cfg, result.checkpoint, pinned, metrics)
+    summary.update(mlflow_run_id=run.info.run_id, train_seconds=round(elapsed, 2))
     print(f"[finetune_lora] done in {elapsed:.1f} s: held-out loss {metrics['before_eval_loss']:.4f} -> "
           f"{metrics['eval_loss']:.4f} (perplexity {metrics['before_perplexity']:.2f} -> {metrics['perplexity']:.2f})"
           f"; MLflow run {run.info.run_id}", flush=True)
     return summary
 
 
-class _Pinned:
-    """The data lineage of a run, shaped like the tabular pipeline's ``Prepared`` for :func:`data_tags`."""
+def prepare_base(cfg: FinetuneConfig) -> Any:
+    """Before any run starts: the data store, the embedded demo data when configured and missing, and the base
+    model resolved (fails before Ray Train starts, and fills this node's cache once)."""
+    from fabric import data
+    from llm.models import resolve_model
 
-    def __init__(self, uri: str, pinned: str, commit: str):
-        self.uri, self.pinned, self.commit = uri, pinned, commit
+    store = data.open_store(cfg.runtime)
+    _bootstrap_if_missing(cfg, store)
+    resolve_model(cfg.model.source)
+    return store
+
+
+def pin_chats(cfg: FinetuneConfig, store: Any) -> tuple[Lineage, list, list]:
+    """Pins ``data.uri`` to its commit, tags the active run with it, and splits the conversations."""
+    import mlflow
+
+    from fabric import data
+    from fabric.tabular.pipeline import data_tags
+
+    pinned = data.pin(cfg.data.uri, store=store)
+    chats = load_chats(pinned, cfg.data.messages_column, store)
+    train_rows, holdout_rows = _split(chats, cfg)
+    lineage = Lineage(uri=cfg.data.uri, pinned=pinned, commit=data.DataURI.parse(pinned).ref)
+    mlflow.set_tags(data_tags(lineage))
+    mlflow.log_params({"data.train_rows": len(train_rows), "data.holdout_rows": len(holdout_rows)})
+    print(f"[data] {pinned}: {len(train_rows)} training and {len(holdout_rows)} held-out conversations", flush=True)
+    return lineage, train_rows, holdout_rows
+
+
+def log_checkpoint(cfg: FinetuneConfig, checkpoint: Any, pinned: Lineage,
+                   metrics: dict[str, float]) -> dict[str, Any]:
+    """Logs the adapter of a Ray Train checkpoint to the active run, registers it, and returns the summary."""
+    from llm.adapter import log_adapter
+
+    with checkpoint.as_directory() as folder:
+        summary = log_adapter(cfg, _adapter_folder(Path(folder)), pinned, metrics)
+    summary.update(data_uri=pinned.pinned, data_commit=pinned.commit, base_model=cfg.model.source, **metrics)
+    return summary
 
 
 def _bootstrap_if_missing(cfg: FinetuneConfig, store: Any) -> str | None:
@@ -121,7 +148,7 @@ def _split(chats: list, cfg: FinetuneConfig) -> tuple[list, list]:
     return train, holdout
 
 
-def _loop_config(cfg: FinetuneConfig, train_rows: list, holdout_rows: list, run_id: str) -> dict[str, Any]:
+def loop_config(cfg: FinetuneConfig, train_rows: list, holdout_rows: list, run_id: str) -> dict[str, Any]:
     """Everything a worker needs, as plain data; the conversations travel once, through the object store."""
     import mlflow
     import ray
@@ -134,8 +161,10 @@ def _loop_config(cfg: FinetuneConfig, train_rows: list, holdout_rows: list, run_
     }
 
 
-def build_trainer(cfg: FinetuneConfig, config: dict[str, Any], name: str) -> Any:
-    """An unstarted ``TorchTrainer`` running :func:`lora_loop` on ``cfg.scaling``'s workers."""
+def build_trainer(cfg: FinetuneConfig, config: dict[str, Any], name: str,
+                  callbacks: list[Any] | None = None) -> Any:
+    """An unstarted ``TorchTrainer`` running :func:`lora_loop` on ``cfg.scaling``'s workers; each evaluation
+    reports the held-out loss with the adapter as a checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -150,6 +179,7 @@ def build_trainer(cfg: FinetuneConfig, config: dict[str, Any], name: str) -> Any
             storage_path=s.storage_path or str(fabric_home() / "ray"),
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
         ),
     )
 
@@ -178,7 +208,8 @@ def lora_loop(config: dict[str, Any]) -> None:
             per_device_eval_batch_size=hp["eval_batch_size"], gradient_accumulation_steps=hp["grad_accum"],
             learning_rate=hp["lr"], warmup_steps=hp["warmup_steps"], weight_decay=hp["weight_decay"],
             lr_scheduler_type="linear", logging_steps=hp["logging_steps"], eval_strategy="steps",
-            eval_steps=hp["max_steps"], save_strategy="steps", save_steps=hp["max_steps"], save_only_model=True,
+            eval_steps=hp["eval_steps"] or hp["max_steps"], save_strategy="steps",
+            save_steps=hp["eval_steps"] or hp["max_steps"], save_only_model=True,
             report_to=[], disable_tqdm=True, seed=config["seed"], data_seed=config["seed"],
             use_cpu=not config["use_gpu"], bf16=model.dtype == torch.bfloat16, remove_unused_columns=False,
             activation_checkpointing=config["model"]["gradient_checkpointing"], ddp_find_unused_parameters=False,
@@ -285,7 +316,7 @@ def _mlflow_logger(config: dict[str, Any]) -> Any:
     return log
 
 
-def _final_metrics(reported: dict[str, Any]) -> dict[str, float]:
+def final_metrics(reported: dict[str, Any]) -> dict[str, float]:
     """Before and after held-out loss and perplexity from the last report."""
     if "eval_loss" not in reported or "before_eval_loss" not in reported:
         raise RuntimeError(f"the training run reported no held-out losses; got {sorted(reported)}")

@@ -83,6 +83,10 @@ class LoraTrainConfig(FabricConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     logging_steps: int = Field(1, ge=1, description="Log (print and MLflow) the training loss every N steps.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Measure the held-out loss and checkpoint the adapter every N steps (must divide "
+        "max_steps). Empty: once, at the end. Tuning's ASHA judges trials at each of these evaluations.",
+    )
 
 
 class LoraScalingConfig(FabricConfig):
@@ -121,4 +125,8 @@ class FinetuneConfig(WorkloadConfig):
             raise ValueError("model.quantization=4bit (QLoRA) needs scaling.use_gpu=true")
         if self.model.dtype in ("bfloat16", "float16") and not self.scaling.use_gpu:
             raise ValueError(f"model.dtype={self.model.dtype} trains on GPU only: use float32 or auto on CPU")
+        t = self.train
+        if t.eval_steps is not None and t.max_steps % t.eval_steps:
+            raise ValueError(f"train.eval_steps={t.eval_steps} must divide train.max_steps={t.max_steps}, so that "
+                             "the last step is evaluated")
         return self
