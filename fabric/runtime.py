@@ -34,6 +34,7 @@ __all__ = [
     "cached_models",
     "fabric_home",
     "init_ray",
+    "metrics_url",
     "qdrant_client",
     "resolve_stack",
     "setup_mlflow",
@@ -185,6 +186,15 @@ def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[s
                 log_to_driver=log_to_driver,
             )
     return ray.cluster_resources()
+
+
+def metrics_url() -> str:
+    """Where this node's Ray exports Prometheus metrics (Ray Serve's and ``ray.serve.metrics``' own)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
 
 
 def _free_port() -> int:

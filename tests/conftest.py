@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["FABRIC_HOME"] = tempfile.mkdtemp(prefix="fabric-test-home-")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # Prometheus sees new metrics within a second
 # Tests run on the embedded stack; a real lakeFS, when given, is used only by the tests written for it.
 REAL_LAKEFS_ENDPOINT = os.environ.get("LAKEFS_ENDPOINT") or os.environ.get("LAKECTL_SERVER_ENDPOINT_URL")
 for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "QDRANT_URL", "LAKEFS_ENDPOINT", "LAKECTL_SERVER_ENDPOINT_URL"):

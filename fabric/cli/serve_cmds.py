@@ -41,7 +41,7 @@ def up(
         fail(str(exc))
     from ray import serve
 
-    from fabric.runtime import init_ray, resolve_stack, setup_mlflow
+    from fabric.runtime import init_ray, metrics_url, resolve_stack, setup_mlflow
 
     if is_llm:
         from llm.serving.build import build_llm_app as build_app
@@ -74,7 +74,8 @@ def up(
             print(f"  {base}/invocations  MLflow scoring ({cfg.models[0].name})")
             for model in cfg.models:
                 print(f"  {base}/v2/models/{model.name}/infer  KServe V2")
-            print(f"  {base}/v2/health/ready  {base}/docs (OpenAPI)", flush=True)
+            print(f"  {base}/v2/health/ready  {base}/docs (OpenAPI)")
+        print(f"  {metrics_url()}  Prometheus metrics of this node", flush=True)
         if detach:
             return
         print("Ctrl-C stops the application.", flush=True)

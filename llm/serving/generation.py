@@ -97,6 +97,33 @@ class _Row:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+def torch_inference_mode(method: Any) -> Any:
+    """Runs ``method`` under ``torch.inference_mode()`` in the calling thread."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class _Batch:
+    """The decoding state of one batch between steps."""
+
+    rows: list[_Row]
+    live: list[int]  # positions in ``rows`` of the rows still in the batch
+    input_ids: Any
+    mask: Any
+    positions: Any
+    cache: Any
+    tokens: list[int] = field(default_factory=list)
+
+
 class Decoder:
     """Decodes batches of :class:`Job` on one model (a plain causal LM or a peft model with adapters)."""
 
@@ -107,37 +134,59 @@ class Decoder:
         self.device = next(model.parameters()).device
 
     def run(self, jobs: list[Job]) -> Iterator[list[Event | None]]:
-        """Yields one list per forward step: for each job an :class:`Event`, or None once it has finished."""
+        """Yields one list per forward step: for each job an :class:`Event`, or None once it has finished.
+
+        The steps may be advanced from different threads (the engine runs each one in a worker thread): each
+        step enters inference mode itself, since torch's grad mode is per thread and a ``with`` block around
+        the whole loop would hold only in the thread that started it.
+        """
+        state = self._start(jobs)
+        while True:
+            events = self._step(state)
+            yield events
+            if not self._trim(state):
+                return
+
+    @torch_inference_mode
+    def _start(self, jobs: list[Job]) -> _Batch:
         import torch
 
-        rows = [_Row(job, self.tokenizer) for job in jobs]
-        live = list(range(len(jobs)))  # positions in ``rows`` of the rows still in the batch
         width = max(len(j.prompt_ids) for j in jobs)
         input_ids = torch.tensor([[self.pad_id] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self._cache()
-        with torch.inference_mode():
-            while live:
-                logits = self._forward(input_ids, mask, positions, cache, [rows[i].job.adapter for i in live])
-                events: list[Event | None] = [None] * len(jobs)
-                tokens = []
-                for n, i in enumerate(live):
-                    token = rows[i].pick(logits[n])
-                    tokens.append(token)
-                    events[i] = self._advance(rows[i], token)
-                yield events
-                keep = [n for n, i in enumerate(live) if not rows[i].done]
-                if not keep:
-                    return
-                if len(keep) < len(live):
-                    index = torch.tensor(keep, dtype=torch.long)
-                    cache.batch_select_indices(index)
-                    mask, positions = mask[index], positions[index]
-                    tokens, live = [tokens[n] for n in keep], [live[n] for n in keep]
-                input_ids = torch.tensor(tokens).unsqueeze(-1)
-                mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], dim=-1)
-                positions = positions[:, -1:] + 1
+        rows = [_Row(job, self.tokenizer) for job in jobs]
+        return _Batch(rows=rows, live=list(range(len(jobs))), input_ids=input_ids, mask=mask,
+                      positions=(mask.cumsum(-1) - 1).clamp(min=0), cache=self._cache())
+
+    @torch_inference_mode
+    def _step(self, b: _Batch) -> list[Event | None]:
+        """One forward over the live rows: each picks its next token."""
+        logits = self._forward(b.input_ids, b.mask, b.positions, b.cache, [b.rows[i].job.adapter for i in b.live])
+        events: list[Event | None] = [None] * len(b.rows)
+        b.tokens = []
+        for n, i in enumerate(b.live):
+            token = b.rows[i].pick(logits[n])
+            b.tokens.append(token)
+            events[i] = self._advance(b.rows[i], token)
+        return events
+
+    @torch_inference_mode
+    def _trim(self, b: _Batch) -> bool:
+        """Drops finished rows from the batch and feeds the new tokens; False once every row has finished."""
+        import torch
+
+        keep = [n for n, i in enumerate(b.live) if not b.rows[i].done]
+        if not keep:
+            return False
+        if len(keep) < len(b.live):
+            index = torch.tensor(keep, dtype=torch.long)
+            b.cache.batch_select_indices(index)
+            b.mask, b.positions = b.mask[index], b.positions[index]
+            b.tokens, b.live = [b.tokens[n] for n in keep], [b.live[n] for n in keep]
+        b.input_ids = torch.tensor(b.tokens).unsqueeze(-1)
+        b.mask = torch.cat([b.mask, torch.ones(len(b.live), 1, dtype=b.mask.dtype)], dim=-1)
+        b.positions = b.positions[:, -1:] + 1
+        return True
 
     def _cache(self) -> Any:
         from transformers import DynamicCache

@@ -16,6 +16,7 @@ import asyncio
 import math
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -66,6 +67,8 @@ class TransformersEngine:
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         self.decoder = Decoder(model, tokenizer, eos_ids)
         self.lock = threading.Lock()  # one forward at a time; adapters change only between forwards
+        # Every forward from one thread: OpenMP keeps one team of worker threads per calling thread.
+        self.forward_thread = ThreadPoolExecutor(1, thread_name_prefix="forward")
         self.retired: set[str] = set()
         self._batched.set_max_batch_size(self.settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
@@ -135,7 +138,8 @@ class TransformersEngine:
         if self.retired:
             self._drop_retired({job.adapter for job in jobs})
         steps = self.decoder.run(jobs)
-        while (events := await asyncio.to_thread(self._step, steps)) is not None:
+        loop = asyncio.get_running_loop()
+        while (events := await loop.run_in_executor(self.forward_thread, self._step, steps)) is not None:
             yield [StopIteration if e is None else asdict(e) for e in events]
 
 

@@ -352,3 +352,28 @@ def test_a_model_replica_killed_under_load_costs_under_one_percent_of_requests(s
         thread.join(timeout=300)
     assert len(statuses) == 450
     assert statuses.count(200) / len(statuses) >= 0.99, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_prometheus_metrics_count_requests_errors_latency_and_batches(server):
+    import time
+
+    from fabric.runtime import metrics_url
+
+    rows = server["frame"].drop(columns=["label"]).iloc[:2]
+    body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+    assert _post(server, f"/models/{MODEL}/invocations", body).status_code == 200
+    assert _post(server, f"/models/{MODEL}/invocations", body, key="wrong-key").status_code == 401
+    wanted = ("ray_fabric_requests_total", "ray_fabric_request_latency_ms_bucket", "ray_fabric_batch_size_bucket")
+    deadline, lines = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        text = requests.get(metrics_url(), timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith(wanted) and f'model="{MODEL}"' in line]
+        if all(any(line.startswith(name) for line in lines) for name in wanted) and any(
+                'status="401"' in line for line in lines):
+            break
+        time.sleep(1)
+    requests_total = [line for line in lines if line.startswith("ray_fabric_requests_total")]
+    assert any('status="200"' in line and 'endpoint="invocations"' in line for line in requests_total), lines
+    assert any('status="401"' in line for line in requests_total), lines
+    assert any(line.startswith("ray_fabric_request_latency_ms_bucket") and 'le="+Inf"' in line for line in lines)
+    assert any(line.startswith("ray_fabric_batch_size_bucket") for line in lines)
