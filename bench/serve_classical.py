@@ -6,14 +6,18 @@ Registers a fabric tabular model (a linear classifier over the 30 breast-cancer 
 logs it) in a throw-away MLflow store, then serves it two ways, one after the other on loopback:
 
 * mlflow: `mlflow models serve -m models:/NAME/1 --env-manager local` (its uvicorn scoring server);
-* fabric: `fabric serve` (Ray Serve gateway + model deployment with dynamic batching, API key checked, inference
-  log on), on an embedded Ray with 2 CPUs.
+* fabric, gateway placement: `fabric serve` with the model loaded in the Ray Serve gateway's process
+  (``placement: gateway``, what configs/serve/tabular.yaml uses), dynamic batching, API key checked, inference
+  log on, on an embedded Ray with 2 CPUs;
+* fabric, replicas placement: the same with the model in its own deployment (``placement: replicas``, one more
+  hop per request; what scales out and takes GPUs).
 
 Each gets the same closed loop: ``--clients`` concurrent clients (asyncio + httpx, in this process), each
 sending a 1-row `dataframe_split` body to `/invocations` and waiting for the answer before the next, for
 ``--seconds`` after a short warm-up. The load generator shares the machine's CPUs with the server in both runs.
-Prints requests/s, p50 and p99 of each and the ratios; the last line is one JSON object. Target: fabric at least
-1.5x MLflow's requests/s with a p99 no worse.
+Prints requests/s, p50 and p99 of each and the ratios (``rps_ratio`` and ``p99_ratio`` for the gateway
+placement); the last line is one JSON object. Target: fabric at least 1.5x MLflow's requests/s with a p99 no
+worse.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def run_mlflow(version: str, body: dict, args: argparse.Namespace) -> dict:
         log.close()
 
 
-def run_fabric(body: dict, args: argparse.Namespace) -> dict:
+def run_fabric(body: dict, args: argparse.Namespace, placement: str) -> dict:
     from ray import serve
 
     from fabric.runtime import RayConfig, init_ray
@@ -160,7 +164,8 @@ def run_fabric(body: dict, args: argparse.Namespace) -> dict:
     port = free_port()
     os.environ["FABRIC_API_KEYS"] = f"{KEY}:predict"
     init_ray(RayConfig(num_cpus=2), log_to_driver=False)
-    cfg = ServeConfig.from_dict({"name": "bench", "port": port, "models": [{"name": MODEL, "num_cpus": 0.5}]})
+    cfg = ServeConfig.from_dict({"name": "bench", "port": port,
+                                 "models": [{"name": MODEL, "num_cpus": 0.5, "placement": placement}]})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="bench", route_prefix="/")
     try:
@@ -177,17 +182,19 @@ def main() -> None:
     args = parser.parse_args()
     try:
         version, body = register_model()
-        results = {"mlflow": run_mlflow(version, body, args), "fabric": run_fabric(body, args)}
+        results = {"mlflow": run_mlflow(version, body, args), "fabric": run_fabric(body, args, "gateway"),
+                   "fabric_replicas": run_fabric(body, args, "replicas")}
     finally:
         import ray
 
         ray.shutdown()
         shutil.rmtree(HOME, ignore_errors=True)
-    mlflow_r, fabric_r = results["mlflow"], results["fabric"]
+    mlflow_r, fabric_r, replicas_r = results["mlflow"], results["fabric"], results["fabric_replicas"]
     ratio = fabric_r["rps"] / mlflow_r["rps"]
     print(f"{args.clients} closed-loop clients, {args.seconds:.0f} s each, 1-row /invocations, on loopback")
     print(f"{'server':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name, r in (("mlflow models serve", mlflow_r), ("fabric serve", fabric_r)):
+    for name, r in (("mlflow models serve", mlflow_r), ("fabric serve, gateway", fabric_r),
+                    ("fabric serve, replicas", replicas_r)):
         print(f"{name:<28}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['errors']:>8}")
     print(f"target: fabric at least {TARGET_RATIO}x MLflow's requests/s with a p99 no worse")
     print(json.dumps({
@@ -196,7 +203,9 @@ def main() -> None:
         "mlflow_p99_ms": round(mlflow_r["p99_ms"], 1), "fabric_rps": round(fabric_r["rps"], 1),
         "fabric_p50_ms": round(fabric_r["p50_ms"], 1), "fabric_p99_ms": round(fabric_r["p99_ms"], 1),
         "rps_ratio": round(ratio, 3), "p99_ratio": round(fabric_r["p99_ms"] / mlflow_r["p99_ms"], 3),
-        "errors": mlflow_r["errors"] + fabric_r["errors"], "target_ratio": TARGET_RATIO,
+        "replicas_rps": round(replicas_r["rps"], 1), "replicas_p99_ms": round(replicas_r["p99_ms"], 1),
+        "replicas_rps_ratio": round(replicas_r["rps"] / mlflow_r["rps"], 3),
+        "errors": mlflow_r["errors"] + fabric_r["errors"] + replicas_r["errors"], "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO and fabric_r["p99_ms"] <= mlflow_r["p99_ms"],
     }))
 

@@ -1,8 +1,9 @@
-"""The Ray Serve application behind ``fabric serve up``: a gateway in front of one deployment per model.
+"""The Ray Serve application behind ``fabric serve up``: a gateway in front of the registered models.
 
-* ``ModelServer`` (one deployment per registered model): loads the version its alias points at, follows the
-  alias when it moves (hot reload, no restart), and answers with dynamic batching (``@serve.batch``): concurrent
-  requests are merged into one model call.
+* ``ModelServer`` (per registered model): loads the version its alias points at, follows the alias when it
+  moves (hot reload, no restart), and answers with dynamic batching (``@serve.batch``): concurrent requests are
+  merged into one model call. With ``placement: replicas`` it is a deployment of its own (scales out, takes
+  GPUs); with ``placement: gateway`` it runs inside the gateway's process (:class:`InProcess`), a hop fewer.
 * ``Gateway`` (the FastAPI ingress): API keys with roles, request size limit, the V2 and MLflow protocols with
   validation against the model's features, request ids, and Prometheus metrics through ``ray.serve.metrics``.
 
@@ -140,6 +141,25 @@ class ModelServer:
         return results
 
 
+class InProcess:
+    """A :class:`ModelServer` inside the gateway's own process, called like a DeploymentHandle
+    (``await model.predict.remote(...)``): one hop fewer per request, for small CPU models
+    (``placement: gateway``). Blocking calls (loading from the registry) run in a worker thread."""
+
+    def __init__(self, route: dict, tracking_uri: str):
+        self.server = ModelServer.func_or_class(route, tracking_uri)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.server, name)
+
+        async def remote(*args: Any) -> Any:
+            if asyncio.iscoroutinefunction(method):
+                return await method(*args)
+            return await asyncio.to_thread(method, *args)
+
+        return type("InProcessMethod", (), {"remote": staticmethod(remote)})
+
+
 api = FastAPI(title="fabric model serving", description="KServe V2 and MLflow scoring endpoints for registered "
               "models. Send `Authorization: Bearer KEY`.")
 
@@ -154,7 +174,8 @@ class Gateway:
                  inference_log: dict | None = None):
         from ray.serve.metrics import Counter, Histogram
 
-        self.handles = models
+        # A model in its own deployment comes as a DeploymentHandle; one placed in the gateway as its route.
+        self.handles = {name: InProcess(m, tracking_uri) if isinstance(m, dict) else m for name, m in models.items()}
         self.aliases, self.tracking_uri = aliases, tracking_uri
         self.metas: dict[tuple[str, str], dict[str, Any]] = {}
         self.default = next(iter(models))
@@ -526,8 +547,11 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         raise ConfigError("auth.required is true but no API keys are configured: set FABRIC_API_KEYS=KEY:ROLE[,...] "
                           "or auth.keys_file (or auth.required=false for an open endpoint)")
     uri = tracking_uri or mlflow.get_tracking_uri()
-    models = {}
+    models: dict[str, Any] = {}
     for route in cfg.models:
+        if route.placement == "gateway":
+            models[route.name] = route.model_dump()
+            continue
         options: dict[str, Any] = {
             "name": f"model-{route.name}",
             "ray_actor_options": {"num_cpus": route.num_cpus, "num_gpus": route.num_gpus},
@@ -539,7 +563,9 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
             options["num_replicas"] = route.num_replicas
         models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
     # The gateway only awaits the model calls: let it hold many requests, so they reach @serve.batch together.
-    return Gateway.options(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=GATEWAY_MAX_ONGOING).bind(
+    inline_cpus = sum(route.num_cpus for route in cfg.models if route.placement == "gateway")
+    return Gateway.options(ray_actor_options={"num_cpus": 0.25 + inline_cpus},
+                           max_ongoing_requests=GATEWAY_MAX_ONGOING).bind(
         models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
         cfg.max_request_bytes, cfg.log_payloads,
         {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})

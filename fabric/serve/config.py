@@ -32,6 +32,22 @@ class ModelRoute(FabricConfig):
     num_cpus: float = Field(0.5, gt=0, description="CPUs per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a cluster with GPUs).")
     reload_interval_s: float = Field(5.0, gt=0, description="How often replicas check whether the alias moved.")
+    placement: Literal["replicas", "gateway"] = Field(
+        "replicas", description="replicas: the model runs in its own deployment (scales out, GPUs, autoscaling). "
+        "gateway: loaded inside the HTTP gateway's process, one hop fewer per request, for small CPU models; "
+        "it then has the gateway's replicas and CPUs.",
+    )
+
+    @model_validator(mode="after")
+    def _placement(self) -> ModelRoute:
+        if self.placement == "gateway":
+            clashes = {"autoscaling": self.autoscaling is not None, "num_gpus": self.num_gpus > 0,
+                       "num_replicas": self.num_replicas > 1}
+            clashing = [name for name, clash in clashes.items() if clash]
+            if clashing:
+                raise ValueError(f"{self.name}: placement=gateway runs the model in the gateway, so "
+                                 f"{', '.join(clashing)} cannot apply; use placement=replicas")
+        return self
 
 
 class AuthConfig(FabricConfig):

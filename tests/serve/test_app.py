@@ -377,3 +377,41 @@ def test_prometheus_metrics_count_requests_errors_latency_and_batches(server):
     assert any('status="401"' in line for line in requests_total), lines
     assert any(line.startswith("ray_fabric_request_latency_ms_bucket") and 'le="+Inf"' in line for line in lines)
     assert any(line.startswith("ray_fabric_batch_size_bucket") for line in lines)
+
+
+def test_a_model_placed_in_the_gateway_answers_like_its_own_deployment(server, monkeypatch):
+    from mlflow import MlflowClient
+    from ray import serve
+
+    from fabric.config import ConfigError
+    from fabric.serve.app import build_app
+    from fabric.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError, match="placement=gateway .* num_gpus, num_replicas"):
+        ServeConfig.from_dict({"models": [{"name": MODEL, "placement": "gateway", "num_gpus": 1, "num_replicas": 2}]})
+    monkeypatch.setenv("FABRIC_API_KEYS", f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
+    cfg = ServeConfig.from_dict({"name": "inline", "route_prefix": "/inline", "inference_log": {"enabled": False},
+                                 "models": [{"name": MODEL, "placement": "gateway", "num_cpus": 0.1}]})
+    serve.run(build_app(cfg), name="inline", route_prefix="/inline")
+    inline = {**server, "url": server["url"] + "/inline"}
+    try:
+        rows = server["frame"].drop(columns=["label"]).iloc[:5]
+        v2_body = {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
+                               "data": rows.to_numpy().ravel().tolist()}]}
+        for version in (server["v1"], server["v2"]):
+            answer = _post(inline, f"/v2/models/{MODEL}/versions/{version}/infer", v2_body)
+            assert answer.status_code == 200 and answer.json()["model_version"] == version, answer.text
+            got = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+            expected = server["pyfunc"][version].predict(rows)
+            np.testing.assert_allclose(got["probability_1"], expected["probability_1"], atol=1e-6)
+        assert _post(inline, f"/v2/models/{MODEL}/infer", v2_body).json()["model_version"] == server["v1"]
+        MlflowClient().set_registered_model_alias(MODEL, "champion", server["v2"])
+        reloaded = _post(inline, f"/admin/models/{MODEL}/reload", key=ADMIN_KEY)
+        assert reloaded.status_code == 200 and reloaded.json()["version"] == server["v2"], reloaded.text
+        after = _post(inline, "/invocations", {"dataframe_records": rows.to_dict(orient="records")})
+        np.testing.assert_allclose([r["probability_1"] for r in after.json()["predictions"]],
+                                   server["pyfunc"][server["v2"]].predict(rows)["probability_1"], atol=1e-6)
+        assert _post(inline, "/invocations", v2_body, key=None).status_code == 401
+    finally:
+        MlflowClient().set_registered_model_alias(MODEL, "champion", server["v1"])
+        serve.delete("inline")
