@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fabric.runtime import fabric_home
 from llm.finetune_config import FinetuneConfig
 
 __all__ = ["Lineage", "build_trainer", "final_metrics", "finetune", "load_chats", "log_checkpoint", "loop_config",
@@ -111,19 +110,10 @@ def _bootstrap_if_missing(cfg: FinetuneConfig, store: Any) -> str | None:
     d = cfg.data
     if not d.create_from:
         return None
-    try:
-        data.head(d.uri, n=1, store=store)
-        return None
-    except data.NotFoundError:
-        pass
-    target = data.DataURI.parse(d.uri)
-    data.init(target.repo, store=store)
-    commit = data.write(d.uri, chat_frame(d.create_from, d.create_rows, d.seed),
-                        f"Create {target.path} from the offline chat task {d.create_from}",
-                        metadata={"source": f"llm.tasks.{d.create_from}"}, store=store)
-    print(f"[data] {d.uri} did not exist: created {d.create_rows} {d.create_from} conversations as commit {commit}",
-          flush=True)
-    return commit
+    return data.create_if_missing(
+        d.uri, lambda: chat_frame(d.create_from, d.create_rows, d.seed), f"Create {data.DataURI.parse(d.uri).path} "
+        f"from the offline chat task {d.create_from} ({d.create_rows} conversations)",
+        {"source": f"llm.tasks.{d.create_from}"}, store)
 
 
 def load_chats(uri: str, column: str = "messages", store: Any = None) -> list[list[dict[str, str]]]:
@@ -165,23 +155,12 @@ def build_trainer(cfg: FinetuneConfig, config: dict[str, Any], name: str,
                   callbacks: list[Any] | None = None) -> Any:
     """An unstarted ``TorchTrainer`` running :func:`lora_loop` on ``cfg.scaling``'s workers; each evaluation
     reports the held-out loss with the adapter as a checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker}
-    return TorchTrainer(
-        lora_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=s.storage_path or str(fabric_home() / "ray"),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-        ),
-    )
+    from fabric.training import ray_scaling, run_config
+
+    return TorchTrainer(lora_loop, train_loop_config=config, scaling_config=ray_scaling(cfg.scaling),
+                        run_config=run_config(cfg.scaling, name, num_to_keep=1, callbacks=callbacks))
 
 
 def lora_loop(config: dict[str, Any]) -> None:

@@ -6,12 +6,13 @@ The same file scales from a laptop to a GPU cluster: ``scaling.num_workers=8 sca
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from fabric.config import FabricConfig, Field
+from fabric.data.uri import DatasetURI
+from fabric.training import RegistrationConfig, ScalingConfig
 from fabric.workload import WorkloadConfig
 from llm.models import DEFAULT_MODEL
 
@@ -22,8 +23,8 @@ __all__ = ["BaseModelConfig", "ChatDataConfig", "FinetuneConfig", "LoraSettings"
 class ChatDataConfig(FabricConfig):
     """The versioned chat dataset and its held-out split."""
 
-    uri: str = Field(..., description="Versioned chat table (lakefs://REPO/REF/PATH, Parquet) with a column of "
-                     "conversations [{role, content}, ...]; the run records the commit id it resolves to.")
+    uri: DatasetURI = Field(..., description="Versioned chat table (lakefs://REPO/REF/PATH, Parquet) with a column "
+                            "of conversations [{role, content}, ...]; the run records the commit id it resolves to.")
     messages_column: str = Field("messages", min_length=1, description="Column holding each row's conversation.")
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out to measure the loss "
                                     "before and after training.")
@@ -37,13 +38,6 @@ class ChatDataConfig(FabricConfig):
         "this offline chat task (see llm.tasks). Leave empty in production.",
     )
     create_rows: int = Field(600, ge=10, description="Rows written when the dataset is created from create_from.")
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        if not re.match(r"^lakefs://[^/]+/[^/]+/.+", value):
-            raise ValueError("must look like lakefs://REPO/REF/PATH")
-        return value
 
 
 class BaseModelConfig(FabricConfig):
@@ -89,24 +83,15 @@ class LoraTrainConfig(FabricConfig):
     )
 
 
-class LoraScalingConfig(FabricConfig):
-    """Where training runs."""
+class LoraScalingConfig(ScalingConfig):
+    """Where fine-tuning runs; one worker and no restarts unless asked (a restart trains from the start)."""
 
     num_workers: int = Field(1, ge=1, description="Data-parallel Ray Train workers.")
-    use_gpu: bool = Field(False, description="Give each worker one GPU.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker (its torch threads).")
-    max_failures: int = Field(0, ge=0, description="Worker-group restarts before failing.")
-    storage_path: str | None = Field(
-        None, description="Where checkpoints go: shared storage on a cluster (s3://..., NFS). Empty: FABRIC_HOME/ray."
-    )
+    max_failures: int = Field(0, ge=0, description="Worker-group restarts (training starts over) before failing.")
 
 
-class AdapterRegistryConfig(FabricConfig):
+class AdapterRegistryConfig(RegistrationConfig):
     """Registration of the trained adapter (no promotion gate: adapters are judged by their held-out loss)."""
-
-    model_name: str | None = Field(
-        None, description="Registered model name. Empty: do not register (the adapter is still logged with the run)."
-    )
 
 
 class FinetuneConfig(WorkloadConfig):

@@ -86,8 +86,8 @@ def tune_lora(cfg: TuneLoraConfig, run_name: str = "tune_lora") -> dict[str, Any
     from ray import tune as rt
     from ray.train import Checkpoint
 
-    from fabric.runtime import fabric_home
     from fabric.tracking import start_run
+    from fabric.training import checkpoint_storage
     from llm.finetune import final_metrics, log_checkpoint, pin_chats, prepare_base
 
     store = prepare_base(cfg)
@@ -101,7 +101,7 @@ def tune_lora(cfg: TuneLoraConfig, run_name: str = "tune_lora") -> dict[str, Any
             tracking_uri=mlflow.get_tracking_uri(), experiment_id=run.info.experiment_id,
         )
         grid = run_search(trainable, cfg.tune, max_t, name=f"{run_name}-{run.info.run_id[:12]}",
-                          storage=cfg.scaling.storage_path or str(fabric_home() / "ray"), seed=cfg.data.seed)
+                          storage=checkpoint_storage(cfg.scaling), seed=cfg.data.seed)
         elapsed = time.perf_counter() - started
         outcome = summarize(grid, cfg.tune.metric, max_t)
         mlflow.log_params({f"best.{k}": str(v) if isinstance(v, list) else v for k, v in outcome.params.items()})

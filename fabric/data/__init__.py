@@ -12,7 +12,7 @@ Example (the CLI equivalents are ``fabric data put|read|branch|merge ...``)::
     data.merge("iris", "clean", into="main")
 """
 
-from fabric.data.api import branch, diff, head, init, log, merge, pin, read, resolve, tag, write
+from fabric.data.api import branch, create_if_missing, diff, head, init, log, merge, pin, read, resolve, tag, write
 from fabric.data.backends import open_store
 from fabric.data.store import Change, Commit, DataError, MergeConflictError, NotFoundError, VersionStore
 from fabric.data.uri import DataURI
@@ -30,6 +30,7 @@ __all__ = [
     "ValidationReport",
     "VersionStore",
     "branch",
+    "create_if_missing",
     "diff",
     "head",
     "init",

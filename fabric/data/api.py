@@ -18,6 +18,7 @@ local store under ``$FABRIC_HOME/data``).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from fabric.data.backends import open_store
 from fabric.data.store import Change, Commit, DataError, NotFoundError, VersionStore
 from fabric.data.uri import DataURI
 
-__all__ = ["branch", "diff", "head", "init", "log", "merge", "pin", "read", "resolve", "tag", "write"]
+__all__ = ["branch", "create_if_missing", "diff", "head", "init", "log", "merge", "pin", "read", "resolve", "tag",
+           "write"]
 
 ROWS_PER_FILE = 1_000_000
 
@@ -97,6 +99,28 @@ def pin(uri: str, store: VersionStore | None = None) -> str:
     """The same URI with its ref replaced by the commit id it points at now, so later reads see the same data."""
     target = DataURI.parse(uri, need_path=False)
     return str(target.at(resolve(uri, store)))
+
+
+def create_if_missing(uri: str, make: Callable[[], Any], message: str, metadata: dict[str, str] | None = None,
+                      store: VersionStore | None = None) -> str | None:
+    """Embedded demos: writes ``make()`` to ``uri`` (creating its repository) when its ref or path is missing.
+
+    Returns the new commit id, or None when the data was already there (``make`` is then not called).
+
+    Example:
+        >>> create_if_missing("lakefs://demo/main/iris", lambda: load_frame("iris"), "Create iris")
+    """
+    store = store or open_store()
+    try:
+        head(uri, n=1, store=store)
+        return None
+    except NotFoundError:
+        pass
+    target = DataURI.parse(uri)
+    init(target.repo, store=store)
+    commit = write(uri, make(), message, metadata=metadata, store=store)
+    print(f"[data] {uri} did not exist: created it as commit {commit} ({message})", flush=True)
+    return commit
 
 
 def branch(repo: str, name: str, source: str = "main", store: VersionStore | None = None) -> str:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from fabric.data.store import DataError
 
-__all__ = ["DataURI"]
+__all__ = ["DataURI", "DatasetURI"]
+
+
+def _dataset_uri(value: str) -> str:
+    if not re.match(r"^lakefs://[^/]+/[^/]+/.+", value):
+        raise ValueError("must look like lakefs://REPO/REF/PATH")
+    return value
+
+
+# A config field holding a dataset's URI: checked for its three parts when the config loads.
+DatasetURI = Annotated[str, AfterValidator(_dataset_uri)]
 
 SCHEME = "lakefs://"
 

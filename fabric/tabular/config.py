@@ -7,13 +7,14 @@ missing data URI stop the run with a message naming the field).
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import field_validator
 
 from fabric.config import FabricConfig, Field
+from fabric.data.uri import DatasetURI
 from fabric.registry import PromotionPolicy
+from fabric.training import RegistrationConfig, ScalingConfig
 from fabric.workload import WorkloadConfig
 
 __all__ = ["DataConfig", "ModelConfig", "RegistryConfig", "ScalingConfig", "TabularConfig", "TrainConfig"]
@@ -24,8 +25,8 @@ SKLEARN_SOURCES = ("sklearn:breast_cancer", "sklearn:wine", "sklearn:iris", "skl
 class DataConfig(FabricConfig):
     """Which versioned table to learn from and how it is split."""
 
-    uri: str = Field(..., description="Versioned table to train on (lakefs://REPO/REF/PATH); the run records the "
-                     "commit id it resolves to.")
+    uri: DatasetURI = Field(..., description="Versioned table to train on (lakefs://REPO/REF/PATH); the run "
+                            "records the commit id it resolves to.")
     label_column: str = Field("label", min_length=1, description="Column holding the target.")
     features: list[str] | None = Field(None, description="Feature columns. Empty: every column but the label.")
     task: Literal["classification", "regression"] = Field(
@@ -43,13 +44,6 @@ class DataConfig(FabricConfig):
         None, description="Embedded demos only: when the URI's branch or path does not exist yet, create it from "
         "this bundled scikit-learn table first. Leave empty in production.",
     )
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        if not re.match(r"^lakefs://[^/]+/[^/]+/.+", value):
-            raise ValueError("must look like lakefs://REPO/REF/PATH")
-        return value
 
 
 class ModelConfig(FabricConfig):
@@ -86,24 +80,9 @@ class TrainConfig(FabricConfig):
     )
 
 
-class ScalingConfig(FabricConfig):
-    """Where training runs: the same config scales from a laptop to a GPU cluster."""
-
-    num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers.")
-    use_gpu: bool = Field(False, description="Give each worker one GPU.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
-    max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the last checkpoint) before failing.")
-    storage_path: str | None = Field(
-        None, description="Where checkpoints go: shared storage on a cluster (s3://..., NFS). Empty: FABRIC_HOME/ray."
-    )
-
-
-class RegistryConfig(FabricConfig):
+class RegistryConfig(RegistrationConfig):
     """Registration of the trained model and the promotion gate."""
 
-    model_name: str | None = Field(
-        None, description="Registered model name. Empty: do not register (the model is still logged with the run)."
-    )
     promote: bool = Field(
         True, description="After registering, run the promotion gate: the new version becomes champion only if it "
         "beats the current champion on the same held-out rows by the policy's margin.",

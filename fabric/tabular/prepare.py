@@ -53,23 +53,13 @@ def bootstrap_if_missing(cfg: DataConfig, store: Any) -> str | None:
     Returns the new commit id, or None when the data was already there (or no ``create_from`` is set).
     """
     from fabric import data
+    from workloads.ingest_sklearn import load_frame
 
     if not cfg.create_from:
         return None
-    try:
-        data.head(cfg.uri, n=1, store=store)
-        return None
-    except data.NotFoundError:
-        pass
-    from workloads.ingest_sklearn import load_frame
-
-    target = data.DataURI.parse(cfg.uri)
-    data.init(target.repo, store=store)
     dataset = cfg.create_from.split(":", 1)[1]
-    commit = data.write(cfg.uri, load_frame(dataset), f"Create {target.path} from scikit-learn's {dataset} table",
-                        metadata={"source": f"sklearn.{dataset}"}, store=store)
-    print(f"[data] {cfg.uri} did not exist: created it from {cfg.create_from} as commit {commit}", flush=True)
-    return commit
+    return data.create_if_missing(cfg.uri, lambda: load_frame(dataset), f"Create {data.DataURI.parse(cfg.uri).path} "
+                                  f"from scikit-learn's {dataset} table", {"source": f"sklearn.{dataset}"}, store)
 
 
 def prepare(cfg: TabularConfig, store: Any, log_validation: bool = True) -> Prepared:

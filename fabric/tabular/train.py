@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fabric.runtime import fabric_home
 from fabric.tabular.config import TabularConfig
 from fabric.tabular.prepare import Prepared
+from fabric.training import checkpoint_storage
 
 __all__ = ["ParityError", "build_trainer", "finish", "load_checkpoint", "loop_config", "torch_loop", "xgboost_loop"]
 
@@ -40,7 +40,7 @@ def loop_config(cfg: TabularConfig, prepared: Prepared, mlflow_run_id: str | Non
     """Everything a worker needs, as plain data (it travels to every worker)."""
     import mlflow
 
-    storage = cfg.scaling.storage_path or str(fabric_home() / "ray")
+    storage = checkpoint_storage(cfg.scaling)
     return {
         "meta": prepared.meta(cfg),
         "train": cfg.train.model_dump(),
@@ -55,20 +55,14 @@ def loop_config(cfg: TabularConfig, prepared: Prepared, mlflow_run_id: str | Non
 def build_trainer(cfg: TabularConfig, prepared: Prepared, config: dict[str, Any], name: str,
                   callbacks: list[Any] | None = None) -> Any:
     """An unstarted Torch or XGBoost trainer over the prepared shards, checkpointing and fault tolerant."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig
 
-    s = cfg.scaling
+    from fabric.training import ray_scaling, run_config
+
     kwargs = dict(
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker}),
-        run_config=RunConfig(
-            name=name,
-            storage_path=s.storage_path or str(fabric_home() / "ray"),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-        ),
+        scaling_config=ray_scaling(cfg.scaling),
+        run_config=run_config(cfg.scaling, name, num_to_keep=2, callbacks=callbacks),
         datasets={"train": prepared.train, "valid": prepared.valid},
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker validates on all validation rows
     )

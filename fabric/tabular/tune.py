@@ -68,11 +68,11 @@ def tune(cfg: TuneTabularConfig, run_name: str = "tune_tabular") -> dict[str, An
     from ray.train import Checkpoint
 
     from fabric import data
-    from fabric.runtime import fabric_home
     from fabric.tabular.pipeline import data_tags
     from fabric.tabular.prepare import bootstrap_if_missing, prepare
     from fabric.tabular.train import finish, load_checkpoint
     from fabric.tracking import start_run
+    from fabric.training import checkpoint_storage
 
     store = data.open_store(cfg.runtime)
     bootstrap_if_missing(cfg.data, store)
@@ -87,7 +87,7 @@ def tune(cfg: TuneTabularConfig, run_name: str = "tune_tabular") -> dict[str, An
             tracking_uri=mlflow.get_tracking_uri(), experiment_id=run.info.experiment_id,
         )
         grid = run_search(trainable, cfg.tune, max_t, name=f"{run_name}-{run.info.run_id[:12]}",
-                          storage=cfg.scaling.storage_path or str(fabric_home() / "ray"), seed=cfg.data.seed)
+                          storage=checkpoint_storage(cfg.scaling), seed=cfg.data.seed)
         elapsed = time.perf_counter() - started
         outcome = summarize(grid, cfg.tune.metric, max_t)
         mlflow.log_params({f"best.{k}": v for k, v in outcome.params.items()})

@@ -88,3 +88,18 @@ def test_read_one_block_per_file_some_columns_or_read_parquet_options(tmp_path, 
     assert sorted(r["b"] for r in ds.take_all()) == sorted(frame["b"])
     via_parquet = data.read("lakefs://reads/main/t", store=store, override_num_blocks=4)
     assert sorted(r["a"] for r in via_parquet.take_all()) == list(range(2_500))
+
+
+def test_create_if_missing_writes_once_and_then_leaves_the_data_alone(tmp_path):
+    store = LocalStore(tmp_path)
+    calls = []
+
+    def make() -> pd.DataFrame:
+        calls.append(1)
+        return pd.DataFrame({"x": [1, 2, 3]})
+
+    commit = data.create_if_missing("lakefs://fresh/main/t", make, "Create t", {"source": "test"}, store=store)
+    assert data.resolve("lakefs://fresh/main", store=store) == commit
+    assert data.log("lakefs://fresh/main", store=store)[0].metadata == {"source": "test"}
+    assert data.create_if_missing("lakefs://fresh/main/t", make, "Create t again", store=store) is None
+    assert len(calls) == 1 and data.head("lakefs://fresh/main/t", store=store)["x"].tolist() == [1, 2, 3]
