@@ -53,35 +53,16 @@ def free_port() -> int:
 def register_model() -> tuple[str, dict]:
     """A fabric linear classifier on breast cancer, registered as version 1; returns the version and one request."""
     import mlflow
-    import torch
 
-    from fabric import registry
     from fabric.runtime import setup_mlflow
-    from fabric.tabular.models import build_torch_model, save_model_dir
-    from fabric.tabular.pyfunc import TabularPyfunc
+    from fabric.tabular.sample import register_linear
     from workloads.ingest_sklearn import load_frame
 
     setup_mlflow()
     frame = load_frame("breast_cancer")
-    features = [c for c in frame.columns if c != "label"]
-    x = frame[features].to_numpy("float32")
-    meta = {"model_type": "linear", "task": "classification", "features": features, "label_column": "label",
-            "n_outputs": 2, "hidden_sizes": [], "dropout": 0.0, "mean": x.mean(0).tolist(),
-            "std": (x.std(0) + 1e-6).tolist()}
-    model = build_torch_model(meta)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    labels = torch.from_numpy(frame["label"].to_numpy())
-    for _ in range(100):
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
-        folder = save_model_dir(Path(tmp) / "model", meta, model.eval())
-        info = mlflow.pyfunc.log_model(name="model", python_model=TabularPyfunc(),
-                                       artifacts={"model_dir": str(folder)}, input_example=frame[features].head(2))
-    version = registry.register(info.model_uri, MODEL, tags={"fabric.task": "classification"})
+    version = register_linear(frame, MODEL, steps=100, input_example=True)
     mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", version)
+    features = [c for c in frame.columns if c != "label"]
     body = {"dataframe_split": {"columns": features, "data": [frame[features].iloc[0].tolist()]}}
     return version, body
 

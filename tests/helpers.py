@@ -1,8 +1,15 @@
-"""Helpers shared by tests that run workloads in other processes."""
+"""Helpers shared by tests that start servers or run workloads in other processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 
@@ -18,3 +25,62 @@ def last_json(output: str, key: str) -> dict[str, Any]:
             if key in data:
                 return data
     raise AssertionError(f"no JSON result with {key!r} in output:\n{output[-3000:]}")
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct free ports: the sockets stay open until all are picked, so no port comes back twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until_answers(url: str, process: subprocess.Popen, log: str, timeout: float = 120) -> None:
+    """Polls ``url`` each second until the server there answers; any HTTP status counts (e.g. 401 without a token).
+
+    Raises:
+        RuntimeError: ``process`` exited or ``timeout`` seconds passed first; the message points at its ``log``.
+
+    Example::
+
+        wait_until_answers(f"http://127.0.0.1:{port}/health", server, log.name)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # answering, if only with an error status: it is up
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                name = os.path.basename(process.args[0])
+                raise RuntimeError(f"{name} did not answer at {url}; see {log}") from None
+            time.sleep(1)
+
+
+def run_serve_app(build: Callable[[Any], Any], cfg: Any, api_keys: str) -> str:
+    """Runs ``build(cfg)`` with Ray Serve on loopback at ``cfg.port`` as application ``cfg.name``; returns its URL.
+
+    ``FABRIC_API_KEYS`` is ``api_keys`` only while the app is built (it reads the keys then), so other tests do not
+    see it. Ray must be up; the caller shuts Serve down.
+
+    Example::
+
+        url = run_serve_app(build_app, ServeConfig.from_dict({...}), "key:predict,admin-key:admin")
+    """
+    from ray import serve
+
+    previous = os.environ.get("FABRIC_API_KEYS")
+    os.environ["FABRIC_API_KEYS"] = api_keys
+    try:
+        app = build(cfg)
+    finally:
+        os.environ.pop("FABRIC_API_KEYS") if previous is None else os.environ.update(FABRIC_API_KEYS=previous)
+    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+    serve.run(app, name=cfg.name, route_prefix="/")
+    return f"http://127.0.0.1:{cfg.port}"

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import last_json
+from tests.helpers import free_ports, last_json, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: the sockets stay open until all are picked, so no port comes back twice."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +39,7 @@ def ray_head(tmp_path_factory):
     )
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # answering, if only with 401 for want of the token: it is up
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray head did not come up; see {log.name}") from None
-                time.sleep(1)
+        wait_until_answers(f"{address}/api/version", head, log.name)  # 401 for want of the token: it is up
         yield address, env
     finally:
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -13,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+
+from tests.helpers import free_ports, run_serve_app
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -51,26 +52,16 @@ def llm_server(ray_session, smollm2_folder):
 
     setup_mlflow()
     version = _register_adapter(smollm2_folder)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    [port] = free_ports()
     cfg = LLMServeConfig.from_dict({
         "name": "test-llm", "port": port,
         "limits": {"max_context_tokens": 256, "max_tokens": 64, "default_max_tokens": 16,
                    "max_concurrent_requests": 4},
         "transformers": {"num_cpus": 1, "torch_threads": 2, "max_batch_size": 4, "batch_wait_timeout_s": 0.1},
     })
-    previous = os.environ.get("FABRIC_API_KEYS")
-    os.environ["FABRIC_API_KEYS"] = f"{KEY}:predict,{ADMIN_KEY}:admin"
+    url = run_serve_app(build_llm_app, cfg, f"{KEY}:predict,{ADMIN_KEY}:admin")
     try:
-        app = build_llm_app(cfg)
-    finally:
-        os.environ.pop("FABRIC_API_KEYS") if previous is None else os.environ.update(FABRIC_API_KEYS=previous)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app, name="test-llm", route_prefix="/")
-    try:
-        yield {"url": f"http://127.0.0.1:{port}", "version": version,
-               "tokenizer": AutoTokenizer.from_pretrained(smollm2_folder),
+        yield {"url": url, "version": version, "tokenizer": AutoTokenizer.from_pretrained(smollm2_folder),
                "model": AutoModelForCausalLM.from_pretrained(smollm2_folder).eval(), "folder": smollm2_folder}
     finally:
         serve.delete("test-llm")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import requests
 
+from tests.helpers import free_ports, run_serve_app
 from tests.tabular_models import register_linear
 
 pytestmark = pytest.mark.slow
@@ -32,25 +32,15 @@ def server(ray_session, tmp_path_factory):
     v1, v2 = register_linear(frame, MODEL, steps=2), register_linear(frame, MODEL, steps=200)
     broken = register_linear(frame, MODEL, steps=2, extra_feature="not_a_column")
     MlflowClient().set_registered_model_alias(MODEL, "champion", v1)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    [port] = free_ports()
     log_root = str(tmp_path_factory.mktemp("inference-log"))
     cfg = ServeConfig.from_dict({"name": "test-serve", "port": port, "max_request_bytes": 200_000,
                                  "inference_log": {"path": log_root, "flush_s": 0.5},
                                  "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1,
                                              "num_replicas": 2}]})
-    previous = os.environ.get("FABRIC_API_KEYS")
-    os.environ["FABRIC_API_KEYS"] = f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin"
+    url = run_serve_app(build_app, cfg, f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
     try:
-        app = build_app(cfg)
-    finally:
-        os.environ.pop("FABRIC_API_KEYS") if previous is None else os.environ.update(FABRIC_API_KEYS=previous)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app, name="test-serve", route_prefix="/")
-    try:
-        yield {"url": f"http://127.0.0.1:{port}", "frame": frame, "log_root": log_root, "v1": v1, "v2": v2,
-               "broken": broken,
+        yield {"url": url, "frame": frame, "log_root": log_root, "v1": v1, "v2": v2, "broken": broken,
                "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)}}
     finally:
         serve.shutdown()
