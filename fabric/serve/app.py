@@ -547,6 +547,7 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         raise ConfigError("auth.required is true but no API keys are configured: set FABRIC_API_KEYS=KEY:ROLE[,...] "
                           "or auth.keys_file (or auth.required=false for an open endpoint)")
     uri = tracking_uri or mlflow.get_tracking_uri()
+    _check_aliases(cfg, uri)
     models: dict[str, Any] = {}
     for route in cfg.models:
         if route.placement == "gateway":
@@ -569,6 +570,22 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
         cfg.max_request_bytes, cfg.log_payloads,
         {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})
+
+
+def _check_aliases(cfg: ServeConfig, tracking_uri: str) -> None:
+    """Fails before anything deploys when a model's alias does not resolve in the registry, naming it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    for route in cfg.models:
+        try:
+            client.get_model_version_by_alias(route.name, route.alias)
+        except MlflowException as exc:
+            known = ", ".join(sorted(m.name for m in client.search_registered_models(max_results=50))) or "none"
+            raise ConfigError(f"models: {route.name}@{route.alias} is not in the registry at {tracking_uri} "
+                              f"({str(exc).splitlines()[0]}); registered models: {known}. Train and register it "
+                              "first (make demo registers breast-cancer), or fix the name or alias.") from None
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -249,6 +249,10 @@ def test_ray_serve_deploy_entry_point_builds_the_same_application(server, tmp_pa
 
     with pytest.raises(ConfigError, match="FABRIC_API_KEYS"):
         app_builder({"config": str(config)})
+    monkeypatch.setenv("FABRIC_API_KEYS", f"{PREDICT_KEY}:predict")
+    config.write_text(f"name: built\nmodels:\n  - name: {MODEL}\n    alias: nope\n")
+    with pytest.raises(ConfigError, match=f"{MODEL}@nope is not in the registry"):
+        app_builder({"config": str(config)})
 
 
 def test_every_prediction_is_logged_and_late_labels_join_by_request_id(server):
