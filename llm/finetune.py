@@ -172,11 +172,12 @@ def lora_loop(config: dict[str, Any]) -> None:
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from llm.chat import collate, render_chat
+    from llm.lora import load_lora_model
     from llm.models import resolve_model
 
     mlflow.set_tracking_uri(config["mlflow_tracking_uri"])  # an MLflow model source resolves on this node too
     path = resolve_model(config["model"]["source"])
-    model, tokenizer = _load_lora_model(path, config)
+    model, tokenizer = load_lora_model(path, config)
     rendered = {split: [render_chat(tokenizer, chat, config["max_length"]) for chat in ray.get(config[split])]
                 for split in ("train_rows", "holdout_rows")}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -203,44 +204,6 @@ def lora_loop(config: dict[str, Any]) -> None:
         before = trainer.evaluate(metric_key_prefix="before_eval")
         progress.before = {"before_eval_loss": before["before_eval_loss"]}
         trainer.train()
-
-
-def _load_lora_model(path: Path, config: dict[str, Any]) -> tuple[Any, Any]:
-    """The base model (quantized for QLoRA when configured) with a fresh LoRA adapter, and its tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    m, use_gpu = config["model"], config["use_gpu"]
-    dtype = {"auto": torch.bfloat16 if use_gpu else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[m["dtype"]]
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if _quantize(m["quantization"], use_gpu):
-        from ray.train.torch import get_device
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
-        kwargs["device_map"] = {"": get_device().index or 0}
-    torch.manual_seed(config["seed"])
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if "quantization_config" in kwargs:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m["gradient_checkpointing"])
-    lora = config["lora"]
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
-                                             lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
-    return model, AutoTokenizer.from_pretrained(path)
-
-
-def _quantize(setting: str, use_gpu: bool) -> bool:
-    if setting == "none" or not use_gpu:
-        return False
-    import importlib.util
-
-    available = importlib.util.find_spec("bitsandbytes") is not None
-    if setting == "4bit" and not available:
-        raise RuntimeError("model.quantization=4bit needs bitsandbytes on the workers: pip install bitsandbytes")
-    return available
 
 
 def _rank() -> int:
