@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from pydantic import field_validator
 from fabric.config import ConfigError, FabricConfig, Field
 
 __all__ = ["DRIVER_CPU", "SearchConfig", "SearchOutcome", "check_space", "decode", "merge_params", "param_space",
-           "run_search", "summarize", "with_value"]
+           "run_search", "summarize", "trial_run", "with_value"]
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 JSON_PREFIX = "json:"
@@ -139,6 +141,22 @@ def run_search(trainable: Any, cfg: SearchConfig, max_t: int, name: str, storage
         run_config=rt.RunConfig(name=name, storage_path=storage, verbose=1),
     )
     return tuner.fit()
+
+
+@contextmanager
+def trial_run(values: dict[str, Any], parent_run_id: str, tracking_uri: str,
+              experiment_id: str) -> Iterator[tuple[Any, str]]:
+    """Inside a trial: an MLflow child run of the tuning run, named after the trial, with the sampled values as
+    parameters. Yields the run and a name for the trial's Ray Train run."""
+    import mlflow
+    import ray.tune
+
+    mlflow.set_tracking_uri(tracking_uri)
+    trial_name = ray.tune.get_context().get_trial_name()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=trial_name,
+                          tags={"mlflow.parentRunId": parent_run_id, "fabric.trial": trial_name}) as run:
+        mlflow.log_params(values)
+        yield run, f"{trial_name}-{run.info.run_id[:8]}"
 
 
 @dataclass

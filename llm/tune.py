@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from fabric.config import Field
-from fabric.tuning import SearchConfig, check_space, decode, merge_params, run_search, summarize
+from fabric.tuning import SearchConfig, check_space, decode, merge_params, run_search, summarize, trial_run
 from llm.finetune_config import FinetuneConfig
 
 __all__ = ["LoraSearchConfig", "TuneLoraConfig", "tune_lora"]
@@ -60,20 +60,15 @@ def _trial(params: dict[str, Any], base: dict[str, Any], train_rows: list, holdo
            tracking_uri: str, experiment_id: str) -> None:
     """One trial (a light Tune driver): an MLflow child run around a Ray Train fine-tune that reports to Tune."""
     import mlflow
-    import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from llm.finetune import build_trainer, loop_config
 
     values = decode(params)
     cfg = FinetuneConfig.from_dict(merge_params(base, values), source="trial")
-    mlflow.set_tracking_uri(tracking_uri)
-    trial_name = ray.tune.get_context().get_trial_name()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=trial_name,
-                          tags={"mlflow.parentRunId": parent_run_id, "fabric.trial": trial_name}) as run:
-        mlflow.log_params({k: str(v) if isinstance(v, list) else v for k, v in values.items()})
-        trainer = build_trainer(cfg, loop_config(cfg, train_rows, holdout_rows, run.info.run_id),
-                                name=f"{trial_name}-{run.info.run_id[:8]}", callbacks=[TuneReportCallback()])
+    with trial_run(values, parent_run_id, tracking_uri, experiment_id) as (run, name):
+        trainer = build_trainer(cfg, loop_config(cfg, train_rows, holdout_rows, run.info.run_id), name=name,
+                                callbacks=[TuneReportCallback()])
         result = trainer.fit()
         if result.metrics and "eval_loss" in result.metrics:
             mlflow.log_metrics({"before_eval_loss": float(result.metrics["before_eval_loss"]),
@@ -104,7 +99,7 @@ def tune_lora(cfg: TuneLoraConfig, run_name: str = "tune_lora") -> dict[str, Any
                           storage=checkpoint_storage(cfg.scaling), seed=cfg.data.seed)
         elapsed = time.perf_counter() - started
         outcome = summarize(grid, cfg.tune.metric, max_t)
-        mlflow.log_params({f"best.{k}": str(v) if isinstance(v, list) else v for k, v in outcome.params.items()})
+        mlflow.log_params({f"best.{k}": v for k, v in outcome.params.items()})
         metrics = final_metrics(outcome.best.metrics)
         mlflow.log_metrics({**outcome.metrics(cfg.tune.metric), **metrics, "tune_seconds": elapsed})
         best_cfg = FinetuneConfig.from_dict(merge_params(base, outcome.params), source="best trial")

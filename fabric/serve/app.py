@@ -151,13 +151,15 @@ class InProcess:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.server, name)
+        call = method if asyncio.iscoroutinefunction(method) else lambda *args: asyncio.to_thread(method, *args)
+        bound = _InProcessMethod(call)
+        setattr(self, name, bound)  # later lookups find it without __getattr__ (predict is on every request)
+        return bound
 
-        async def remote(*args: Any) -> Any:
-            if asyncio.iscoroutinefunction(method):
-                return await method(*args)
-            return await asyncio.to_thread(method, *args)
 
-        return type("InProcessMethod", (), {"remote": staticmethod(remote)})
+class _InProcessMethod:
+    def __init__(self, call: Any):
+        self.remote = call
 
 
 api = FastAPI(title="fabric model serving", description="KServe V2 and MLflow scoring endpoints for registered "

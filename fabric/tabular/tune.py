@@ -15,7 +15,7 @@ from pydantic import model_validator
 
 from fabric.config import Field
 from fabric.tabular.config import TabularConfig
-from fabric.tuning import SearchConfig, check_space, decode, merge_params, run_search, summarize
+from fabric.tuning import SearchConfig, check_space, decode, merge_params, run_search, summarize, trial_run
 
 __all__ = ["TuneConfig", "TuneTabularConfig", "tune"]
 
@@ -41,20 +41,15 @@ def _trial(params: dict[str, Any], base: dict[str, Any], prepared: Any, parent_r
            experiment_id: str) -> None:
     """One trial (a light Tune driver): an MLflow child run around a Ray Train fit that reports to Tune."""
     import mlflow
-    import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fabric.tabular.train import build_trainer, loop_config
 
     values = decode(params)
     cfg = TabularConfig.from_dict(merge_params(base, values), source="trial")
-    mlflow.set_tracking_uri(tracking_uri)
-    trial_name = ray.tune.get_context().get_trial_name()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=trial_name,
-                          tags={"mlflow.parentRunId": parent_run_id, "fabric.trial": trial_name}) as run:
-        mlflow.log_params(values)
-        trainer = build_trainer(cfg, prepared, loop_config(cfg, prepared, run.info.run_id),
-                                name=f"{trial_name}-{run.info.run_id[:8]}", callbacks=[TuneReportCallback()])
+    with trial_run(values, parent_run_id, tracking_uri, experiment_id) as (run, name):
+        trainer = build_trainer(cfg, prepared, loop_config(cfg, prepared, run.info.run_id), name=name,
+                                callbacks=[TuneReportCallback()])
         result = trainer.fit()
         if result.metrics:
             mlflow.log_metrics({f"final_{k}": float(v) for k, v in result.metrics.items()
