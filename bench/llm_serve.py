@@ -8,7 +8,7 @@ eight chat prompts that ask for long answers, ``max_tokens`` fixed. Measured one
 * plain 1:   ``model.generate`` on one prompt at a time (torch with 2 threads);
 * plain 8:   ``model.generate`` on the 8 prompts as one left-padded batch (what batching can give at best);
 * served 1:  ``/v1/chat/completions`` of ``fabric serve up configs/serve/llm.yaml`` (transformers engine,
-  ``@serve.batch``, gateway, HTTP proxy), one request at a time;
+  continuous batching, gateway, HTTP proxy), one request at a time;
 * served 8:  the same with 8 clients sending at once (aggregate tokens/s).
 
 Tokens are the completion tokens each path produced (greedy paths produce the same ones; EOS ends an answer
@@ -96,7 +96,7 @@ def served(folder: Path, max_tokens: int, rounds: int) -> dict[str, float]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cfg = LLMServeConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "serve" / "llm.yaml", [
-        f"port={port}", f"model.source={folder}", "auth.required=false", "transformers.batch_wait_timeout_s=0.05"])
+        f"port={port}", f"model.source={folder}", "auth.required=false"])
     init_ray(RayConfig(num_cpus=2), log_to_driver=False)
     setup_mlflow()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -50,10 +50,12 @@ class LLMLimits(FabricConfig):
 
 
 class TransformersEngineConfig(FabricConfig):
-    """The embedded engine: Hugging Face transformers on CPU (or one GPU), batched with ``@serve.batch``."""
+    """The embedded engine: Hugging Face transformers on CPU (or one GPU), with continuous batching."""
 
     max_batch_size: int = Field(8, ge=1, description="Requests decoded together in one padded batch.")
-    batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long a batch waits to fill before it starts.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long an idle engine waits for more requests before its first step (requests "
+        "that arrive later join the running batch between steps anyway).")
     num_replicas: int = Field(1, ge=1, description="Engine replicas (each holds the model).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per engine replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine replica (the model is moved to cuda).")

@@ -3,8 +3,9 @@
 Prompts of different lengths are left-padded into one batch; position ids come from the attention mask, so each
 row sees exactly what it would see alone. Each row keeps its own sampling settings (``temperature`` 0 is greedy,
 ``top_p``), its own ``torch.Generator`` (same ``seed`` and settings give the same text whatever else is in the
-batch), its own ``max_tokens`` and stop strings. Finished rows leave the batch (their cache rows are dropped).
-Rows may use different LoRA adapters of one peft model (``adapter_names``; ``None`` is the base model).
+batch), its own ``max_tokens`` and stop strings. Finished rows leave the batch (their cache rows are dropped),
+and new requests join a running batch between steps (:class:`Batch`, continuous batching). Rows may use
+different LoRA adapters of one peft model (``adapter_names``; ``None`` is the base model).
 
 Example:
     >>> decoder = Decoder(model, tokenizer)
@@ -20,14 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Decoder", "Event", "Job", "StopText"]
+__all__ = ["Batch", "Decoder", "Event", "Job", "StopText"]
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
-    """One request, tokenized: what to generate from and how."""
+    """One request, tokenized: what to generate from and how (compared by identity: two requests are two jobs)."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -113,15 +114,64 @@ def torch_inference_mode(method: Any) -> Any:
 
 @dataclass
 class _Batch:
-    """The decoding state of one batch between steps."""
+    """The decoding state of one batch between steps: the rows still decoding and what the next forward takes."""
 
     rows: list[_Row]
-    live: list[int]  # positions in ``rows`` of the rows still in the batch
     input_ids: Any
     mask: Any
     positions: Any
     cache: Any
     tokens: list[int] = field(default_factory=list)
+
+
+class Batch:
+    """Continuous batching: jobs join a running batch between steps; finished or cancelled jobs leave it.
+
+    :meth:`step` first prefills the joining jobs (one forward over their prompts, left-padded together), then
+    advances the running jobs by one token (one forward), and merges the two: their caches are left-padded to
+    one length and stacked, masked where padded. Position ids stay per row, so a row decodes exactly what it
+    decodes alone, whenever it joined. Models whose cache cannot be merged (sliding-window layers) take new
+    jobs only when the batch is empty: :attr:`accepts_joins` says which.
+
+    Example:
+        >>> batch = Batch(decoder)
+        >>> events = batch.step([job_a])          # prefill a: its first token
+        >>> events = batch.step([job_b, job_c])   # prefill b and c, one more token of a
+        >>> while batch: events = batch.step([])  # [(job, Event), ...] until every job has finished
+    """
+
+    def __init__(self, decoder: Decoder):
+        self.decoder, self.state, self.accepts_joins = decoder, None, True
+
+    def __len__(self) -> int:
+        return len(self.state.rows) if self.state else 0
+
+    def jobs(self) -> list[Job]:
+        return [row.job for row in self.state.rows] if self.state else []
+
+    def step(self, joining: list[Job]) -> list[tuple[Job, Event]]:
+        """Prefills ``joining`` and advances the running jobs: each job's news from this step."""
+        if joining and self.state and not self.accepts_joins:
+            raise ValueError("this model's cache cannot take jobs into a running batch; wait until it is empty")
+        events: list[tuple[Job, Event]] = []
+        joined = None
+        if joining:
+            joined = self.decoder._start(joining)
+            events += self.decoder._step(joined)
+            joined = self.decoder._trim(joined)
+        if self.state:
+            events += self.decoder._step(self.state)
+            self.state = self.decoder._trim(self.state)
+        if joined:
+            self.state = self.decoder._merge(self.state, joined) if self.state else joined
+            self.accepts_joins = self.decoder._mergeable(self.state.cache)
+        return events
+
+    def cancel(self, job: Job) -> None:
+        """Drops ``job`` at the end of the next step (its client has gone)."""
+        for row in self.state.rows if self.state else []:
+            if row.job is job:
+                row.done = True
 
 
 class Decoder:
@@ -134,18 +184,23 @@ class Decoder:
         self.device = next(model.parameters()).device
 
     def run(self, jobs: list[Job]) -> Iterator[list[Event | None]]:
-        """Yields one list per forward step: for each job an :class:`Event`, or None once it has finished.
+        """Decodes ``jobs`` as one batch: one list per forward step, for each job an :class:`Event` or None once
+        it has finished.
 
-        The steps may be advanced from different threads (the engine runs each one in a worker thread): each
-        step enters inference mode itself, since torch's grad mode is per thread and a ``with`` block around
-        the whole loop would hold only in the thread that started it.
+        The steps may be advanced from different threads: each step enters inference mode itself, since torch's
+        grad mode is per thread and a ``with`` block around the whole loop would hold only in the thread that
+        started it.
         """
-        state = self._start(jobs)
+        batch, order = Batch(self), {id(job): n for n, job in enumerate(jobs)}
+        events = batch.step(jobs)
         while True:
-            events = self._step(state)
-            yield events
-            if not self._trim(state):
+            step: list[Event | None] = [None] * len(jobs)
+            for job, event in events:
+                step[order[id(job)]] = event
+            yield step
+            if not batch:
                 return
+            events = batch.step([])
 
     @torch_inference_mode
     def _start(self, jobs: list[Job]) -> _Batch:
@@ -154,39 +209,77 @@ class Decoder:
         width = max(len(j.prompt_ids) for j in jobs)
         input_ids = torch.tensor([[self.pad_id] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-        rows = [_Row(job, self.tokenizer) for job in jobs]
-        return _Batch(rows=rows, live=list(range(len(jobs))), input_ids=input_ids, mask=mask,
+        return _Batch(rows=[_Row(job, self.tokenizer) for job in jobs], input_ids=input_ids, mask=mask,
                       positions=(mask.cumsum(-1) - 1).clamp(min=0), cache=self._cache())
 
     @torch_inference_mode
-    def _step(self, b: _Batch) -> list[Event | None]:
-        """One forward over the live rows: each picks its next token."""
-        logits = self._forward(b.input_ids, b.mask, b.positions, b.cache, [b.rows[i].job.adapter for i in b.live])
-        events: list[Event | None] = [None] * len(b.rows)
-        b.tokens = []
-        for n, i in enumerate(b.live):
-            token = b.rows[i].pick(logits[n])
-            b.tokens.append(token)
-            events[i] = self._advance(b.rows[i], token)
-        return events
+    def _step(self, b: _Batch) -> list[tuple[Job, Event]]:
+        """One forward over the batch's rows: each picks its next token."""
+        logits = self._forward(b.input_ids, b.mask, b.positions, b.cache, [row.job.adapter for row in b.rows])
+        b.tokens = [row.pick(logits[n]) for n, row in enumerate(b.rows)]
+        return [(row.job, self._advance(row, token)) for row, token in zip(b.rows, b.tokens, strict=True)]
 
     @torch_inference_mode
-    def _trim(self, b: _Batch) -> bool:
-        """Drops finished rows from the batch and feeds the new tokens; False once every row has finished."""
+    def _trim(self, b: _Batch) -> _Batch | None:
+        """Drops finished rows and feeds the new tokens: the batch for the next step, None once all have finished."""
         import torch
 
-        keep = [n for n, i in enumerate(b.live) if not b.rows[i].done]
+        keep = [n for n, row in enumerate(b.rows) if not row.done]
         if not keep:
-            return False
-        if len(keep) < len(b.live):
+            return None
+        if len(keep) < len(b.rows):
             index = torch.tensor(keep, dtype=torch.long)
             b.cache.batch_select_indices(index)
             b.mask, b.positions = b.mask[index], b.positions[index]
-            b.tokens, b.live = [b.tokens[n] for n in keep], [b.live[n] for n in keep]
+            b.tokens, b.rows = [b.tokens[n] for n in keep], [b.rows[n] for n in keep]
+            unused = int(b.mask.any(dim=0).int().argmax())  # leading columns nobody attends to any more
+            if unused and self._mergeable(b.cache):
+                self._pad_left(b, -unused)
         b.input_ids = torch.tensor(b.tokens).unsqueeze(-1)
-        b.mask = torch.cat([b.mask, torch.ones(len(b.live), 1, dtype=b.mask.dtype)], dim=-1)
+        b.mask = torch.cat([b.mask, torch.ones(len(b.rows), 1, dtype=b.mask.dtype)], dim=-1)
         b.positions = b.positions[:, -1:] + 1
-        return True
+        return b
+
+    @torch_inference_mode
+    def _merge(self, a: _Batch, b: _Batch) -> _Batch:
+        """One batch of both: the shorter cache left-padded (masked), then rows of ``a`` and ``b`` stacked."""
+        import torch
+
+        width = max(a.mask.shape[1], b.mask.shape[1])
+        for part in (a, b):
+            self._pad_left(part, width - part.mask.shape[1])
+        for mine, theirs in zip(a.cache.layers, b.cache.layers, strict=True):
+            mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
+        return _Batch(rows=a.rows + b.rows, input_ids=torch.cat([a.input_ids, b.input_ids]),
+                      mask=torch.cat([a.mask, b.mask]), positions=torch.cat([a.positions, b.positions]),
+                      cache=a.cache, tokens=a.tokens + b.tokens)
+
+    @staticmethod
+    def _pad_left(b: _Batch, n: int) -> None:
+        """Adds ``n`` masked columns before the cache and mask of ``b`` (removes ``-n`` columns when negative).
+
+        The input of the next step (one token per row) is one column to the right of the cache, so the mask,
+        which already covers it, is padded along with the cache.
+        """
+        import torch
+
+        if n == 0:
+            return
+        for layer in b.cache.layers:
+            if n > 0:
+                pad = layer.keys.new_zeros(*layer.keys.shape[:2], n, layer.keys.shape[3])
+                layer.keys = torch.cat([pad, layer.keys], dim=2)
+                layer.values = torch.cat([pad.new_zeros(*layer.values.shape[:2], n, layer.values.shape[3]),
+                                          layer.values], dim=2)
+            else:
+                layer.keys, layer.values = layer.keys[:, :, -n:], layer.values[:, :, -n:]
+        b.mask = torch.cat([b.mask.new_zeros(b.mask.shape[0], n), b.mask], dim=1) if n > 0 else b.mask[:, -n:]
+
+    @staticmethod
+    def _mergeable(cache: Any) -> bool:
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in cache.layers)
 
     def _cache(self) -> Any:
         from transformers import DynamicCache

@@ -1,8 +1,11 @@
 """The embedded engine: one base model in Hugging Face transformers, batched and with LoRA adapters, on Ray Serve.
 
-* Batching: ``@serve.batch`` collects concurrent requests (up to ``max_batch_size``, waiting at most
-  ``batch_wait_timeout_s``) into one left-padded batch that :class:`llm.serving.generation.Decoder` decodes one
-  forward step at a time; each step's tokens stream back to their requests (a batched async generator).
+* Continuous batching: one scheduler task per replica decodes a running batch
+  (:class:`llm.serving.generation.Batch`) one forward step at a time; requests that arrive join it between steps
+  (up to ``max_batch_size`` rows; the rest wait their turn), finished ones leave it, and a request whose client
+  has gone is dropped at the next step. Each step's tokens go back to their requests as they are decoded.
+  An idle engine may wait ``batch_wait_timeout_s`` for companions before its first step (0 by default: later
+  arrivals join the running batch anyway).
 * Adapters: ``@serve.multiplexed`` loads a registered adapter (``model="BASE:NAME[/VERSION]"``) with peft onto
   the one base model; a batch may mix adapters and the base model (peft's ``adapter_names``). Least recently
   used adapters are dropped beyond ``max_adapters_per_replica``.
@@ -13,9 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import threading
+from collections import deque
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -23,11 +29,12 @@ from typing import Any
 from ray import serve
 
 from llm.serving.config import LLMServeConfig, TransformersEngineConfig
-from llm.serving.generation import Decoder, Job
+from llm.serving.generation import Batch, Decoder, Event, Job
 
 __all__ = ["TransformersEngine", "build_transformers_app"]
 
 MULTIPLEX_ATTR = "__serve_multiplex_wrapper"  # where Ray keeps the LRU of multiplexed models on the replica
+log = logging.getLogger(__name__)
 
 
 class _LoadedAdapter:
@@ -70,27 +77,90 @@ class TransformersEngine:
         # Every forward from one thread: OpenMP keeps one team of worker threads per calling thread.
         self.forward_thread = ThreadPoolExecutor(1, thread_name_prefix="forward")
         self.retired: set[str] = set()
-        self._batched.set_max_batch_size(self.settings.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        # The scheduler's state; only the scheduler task (and the forward thread it waits on) touches the batch.
+        self.batch = Batch(self.decoder)
+        self.waiting: deque[Job] = deque()
+        self.cancelled: set[Job] = set()  # jobs in the batch whose client has gone
+        self.outboxes: dict[Job, asyncio.Queue[Event | BaseException]] = {}
+        self.wake: asyncio.Event | None = None
+        self.scheduler: asyncio.Task | None = None
 
     async def complete(self, job: Job) -> dict[str, Any]:
         """The whole answer of one request: text, finish reason and completion token count."""
         await self._attach_adapter(job)
         parts, last = [], None
-        async for event in self._batched(job):
+        async for event in self._generate(job):
             parts.append(event["text"])
             last = event
-            if event["finish_reason"]:
-                break
         return {**last, "text": "".join(parts)}
 
-    async def stream(self, job: Job) -> Any:
+    async def stream(self, job: Job) -> AsyncIterator[dict[str, Any]]:
         """The answer of one request as it is decoded: one event dict per step."""
         await self._attach_adapter(job)
-        async for event in self._batched(job):
+        async for event in self._generate(job):
             yield event
-            if event["finish_reason"]:
-                break
+
+    async def _generate(self, job: Job) -> AsyncIterator[dict[str, Any]]:
+        """Queues ``job`` for the running batch and yields its events until it finishes."""
+        outbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.outboxes[job] = outbox
+        self.waiting.append(job)
+        self._scheduler_wake().set()
+        finished = False
+        try:
+            while not finished:
+                event = await outbox.get()
+                if isinstance(event, BaseException):
+                    raise event
+                finished = event.finish_reason is not None
+                yield asdict(event)
+        finally:
+            del self.outboxes[job]
+            if not finished:  # the client has gone (or the step failed): free its place
+                if job in self.waiting:
+                    self.waiting.remove(job)
+                else:
+                    self.cancelled.add(job)
+
+    def _scheduler_wake(self) -> asyncio.Event:
+        if self.scheduler is None or self.scheduler.done():
+            self.wake = asyncio.Event()
+            self.scheduler = asyncio.get_running_loop().create_task(self._schedule(), name="llm-scheduler")
+        return self.wake
+
+    async def _schedule(self) -> None:
+        """Steps the running batch while it has work; takes waiting requests in between steps."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.waiting and not len(self.batch):
+                self.wake.clear()
+                await self.wake.wait()
+                if self.settings.batch_wait_timeout_s:
+                    await asyncio.sleep(self.settings.batch_wait_timeout_s)
+            joining: list[Job] = []
+            if self.batch.accepts_joins or not len(self.batch):
+                while self.waiting and len(self.batch) + len(joining) < self.settings.max_batch_size:
+                    joining.append(self.waiting.popleft())
+            cancelled, self.cancelled = self.cancelled, set()
+            try:
+                events = await loop.run_in_executor(self.forward_thread, self._step, joining, cancelled)
+            except Exception as error:  # a failed forward fails the requests in it, not the replica
+                log.exception("decoding step failed")
+                failed, self.batch = joining + self.batch.jobs(), Batch(self.decoder)
+                events = [(job, error) for job in failed]
+            for job, event in events:
+                if (outbox := self.outboxes.get(job)) is not None:
+                    outbox.put_nowait(event)
+
+    def _step(self, joining: list[Job], cancelled: set[Job]) -> list[tuple[Job, Event]]:
+        """In the forward thread: drops what left, then one step of the batch with ``joining`` joining it."""
+        with self.lock:
+            running = self.batch.jobs()
+            for job in cancelled.intersection(running):
+                self.batch.cancel(job)
+            if self.retired:
+                self._drop_retired({job.adapter for job in running + joining})
+            return self.batch.step(joining)
 
     async def _attach_adapter(self, job: Job) -> None:
         adapter_id = serve.get_multiplexed_model_id()
@@ -123,24 +193,11 @@ class TransformersEngine:
                 model.eval()  # peft refuses per-row adapter_names in training mode
 
     def _drop_retired(self, in_use: set[str | None]) -> None:
-        with self.lock:
-            for name in sorted(self.retired - in_use):
-                if name in getattr(self.decoder.model, "peft_config", {}):
-                    self.decoder.model.delete_adapter(name)
-                self.retired.discard(name)
-
-    def _step(self, steps: Any) -> Any:
-        with self.lock:
-            return next(steps, None)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _batched(self, jobs: list[Job]) -> Any:
-        if self.retired:
-            self._drop_retired({job.adapter for job in jobs})
-        steps = self.decoder.run(jobs)
-        loop = asyncio.get_running_loop()
-        while (events := await loop.run_in_executor(self.forward_thread, self._step, steps)) is not None:
-            yield [StopIteration if e is None else asdict(e) for e in events]
+        """Deletes adapters Ray's LRU has let go of and no running request uses (the caller holds the lock)."""
+        for name in sorted(self.retired - in_use):
+            if name in getattr(self.decoder.model, "peft_config", {}):
+                self.decoder.model.delete_adapter(name)
+            self.retired.discard(name)
 
 
 def build_transformers_app(cfg: LLMServeConfig, tracking_uri: str | None = None) -> Any:

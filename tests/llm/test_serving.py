@@ -57,7 +57,7 @@ def llm_server(ray_session, smollm2_folder):
         "name": "test-llm", "port": port,
         "limits": {"max_context_tokens": 256, "max_tokens": 64, "default_max_tokens": 16,
                    "max_concurrent_requests": 4},
-        "transformers": {"num_cpus": 1, "torch_threads": 2, "max_batch_size": 4, "batch_wait_timeout_s": 0.1},
+        "transformers": {"num_cpus": 1, "torch_threads": 2, "max_batch_size": 4},
     })
     url = run_serve_app(build_llm_app, cfg, f"{KEY}:predict,{ADMIN_KEY}:admin")
     try:
