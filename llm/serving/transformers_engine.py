@@ -1,6 +1,6 @@
 """The embedded engine: one base model in Hugging Face transformers, batched and with LoRA adapters, on Ray Serve.
 
-* Continuous batching: one scheduler task per replica decodes a running batch
+* Continuous batching: one decoding thread per replica decodes a running batch
   (:class:`llm.serving.generation.Batch`) one forward step at a time; requests that arrive join it between steps
   (up to ``max_batch_size`` rows; the rest wait their turn), finished ones leave it, and a request whose client
   has gone is dropped at the next step. Each step's tokens go back to their requests as they are decoded.
@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -74,16 +75,13 @@ class TransformersEngine:
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         self.decoder = Decoder(model, tokenizer, eos_ids)
         self.lock = threading.Lock()  # one forward at a time; adapters change only between forwards
-        # Every forward from one thread: OpenMP keeps one team of worker threads per calling thread.
-        self.forward_thread = ThreadPoolExecutor(1, thread_name_prefix="forward")
         self.retired: set[str] = set()
-        # The scheduler's state; only the scheduler task (and the forward thread it waits on) touches the batch.
-        self.batch = Batch(self.decoder)
-        self.waiting: deque[Job] = deque()
-        self.cancelled: set[Job] = set()  # jobs in the batch whose client has gone
+        # Requests and cancellations go to the decoding thread, which alone owns the running batch; it hands each
+        # step's events back to the replica's event loop (OpenMP also keeps its threads per calling thread).
+        self.inbox: queue.SimpleQueue[tuple[str, Job]] = queue.SimpleQueue()
         self.outboxes: dict[Job, asyncio.Queue[Event | BaseException]] = {}
-        self.wake: asyncio.Event | None = None
-        self.scheduler: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.decoding = threading.Thread(target=self._decode_forever, name="llm-decoder", daemon=True)
 
     async def complete(self, job: Job) -> dict[str, Any]:
         """The whole answer of one request: text, finish reason and completion token count."""
@@ -101,11 +99,13 @@ class TransformersEngine:
             yield event
 
     async def _generate(self, job: Job) -> AsyncIterator[dict[str, Any]]:
-        """Queues ``job`` for the running batch and yields its events until it finishes."""
+        """Hands ``job`` to the decoding thread and yields its events until it finishes."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self.decoding.start()
         outbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.outboxes[job] = outbox
-        self.waiting.append(job)
-        self._scheduler_wake().set()
+        self.inbox.put(("add", job))
         finished = False
         try:
             while not finished:
@@ -116,51 +116,46 @@ class TransformersEngine:
                 yield asdict(event)
         finally:
             del self.outboxes[job]
-            if not finished:  # the client has gone (or the step failed): free its place
-                if job in self.waiting:
-                    self.waiting.remove(job)
-                else:
-                    self.cancelled.add(job)
+            if not finished:  # the client has gone (or its step failed): free its place in the batch
+                self.inbox.put(("cancel", job))
 
-    def _scheduler_wake(self) -> asyncio.Event:
-        if self.scheduler is None or self.scheduler.done():
-            self.wake = asyncio.Event()
-            self.scheduler = asyncio.get_running_loop().create_task(self._schedule(), name="llm-scheduler")
-        return self.wake
-
-    async def _schedule(self) -> None:
-        """Steps the running batch while it has work; takes waiting requests in between steps."""
-        loop = asyncio.get_running_loop()
+    def _decode_forever(self) -> None:
+        """The decoding thread: steps the running batch while it has work; requests join between steps."""
+        batch, waiting = Batch(self.decoder), deque()
         while True:
-            if not self.waiting and not len(self.batch):
-                self.wake.clear()
-                await self.wake.wait()
+            if not waiting and not len(batch):
+                waiting.append(self.inbox.get()[1])  # idle: sleep until a request comes
                 if self.settings.batch_wait_timeout_s:
-                    await asyncio.sleep(self.settings.batch_wait_timeout_s)
+                    time.sleep(self.settings.batch_wait_timeout_s)
+            cancelled = set()
+            while not self.inbox.empty():
+                kind, job = self.inbox.get()
+                if kind == "add":
+                    waiting.append(job)
+                elif job in waiting:
+                    waiting.remove(job)
+                else:
+                    cancelled.add(job)
             joining: list[Job] = []
-            if self.batch.accepts_joins or not len(self.batch):
-                while self.waiting and len(self.batch) + len(joining) < self.settings.max_batch_size:
-                    joining.append(self.waiting.popleft())
-            cancelled, self.cancelled = self.cancelled, set()
+            if batch.accepts_joins or not len(batch):
+                while waiting and len(batch) + len(joining) < self.settings.max_batch_size:
+                    joining.append(waiting.popleft())
             try:
-                events = await loop.run_in_executor(self.forward_thread, self._step, joining, cancelled)
-            except Exception as error:  # a failed forward fails the requests in it, not the replica
+                with self.lock:
+                    for job in cancelled.intersection(batch.jobs()):
+                        batch.cancel(job)
+                    if self.retired:
+                        self._drop_retired({job.adapter for job in batch.jobs() + joining})
+                    events: list[tuple[Job, Event | BaseException]] = list(batch.step(joining))
+            except Exception as error:  # a failed step fails the requests in it, not the replica
                 log.exception("decoding step failed")
-                failed, self.batch = joining + self.batch.jobs(), Batch(self.decoder)
-                events = [(job, error) for job in failed]
-            for job, event in events:
-                if (outbox := self.outboxes.get(job)) is not None:
-                    outbox.put_nowait(event)
+                events, batch = [(job, error) for job in joining + batch.jobs()], Batch(self.decoder)
+            self.loop.call_soon_threadsafe(self._deliver, events)
 
-    def _step(self, joining: list[Job], cancelled: set[Job]) -> list[tuple[Job, Event]]:
-        """In the forward thread: drops what left, then one step of the batch with ``joining`` joining it."""
-        with self.lock:
-            running = self.batch.jobs()
-            for job in cancelled.intersection(running):
-                self.batch.cancel(job)
-            if self.retired:
-                self._drop_retired({job.adapter for job in running + joining})
-            return self.batch.step(joining)
+    def _deliver(self, events: list[tuple[Job, Event | BaseException]]) -> None:
+        for job, event in events:
+            if (outbox := self.outboxes.get(job)) is not None:
+                outbox.put_nowait(event)
 
     async def _attach_adapter(self, job: Job) -> None:
         adapter_id = serve.get_multiplexed_model_id()
