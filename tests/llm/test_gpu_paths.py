@@ -152,6 +152,10 @@ def test_decoder_on_cuda_matches_generate_batches_and_mixes_adapters():
     rows = _token_rows(decoder, prompts, 12)
     for prompt, row in zip(prompts, rows, strict=True):
         assert row == generated(prompt, 12)
+    # continuous batching: rows joining a running batch (one every other step) decode what they decode alone
+    rows = _token_rows(decoder, prompts[:4], 8, join_every=2)
+    for prompt, row in zip(prompts[:4], rows, strict=True):
+        assert row == generated(prompt, 8)
 
     # throughput: one stream vs eight at once, against plain generate
     n = 64
@@ -184,27 +188,35 @@ def test_decoder_on_cuda_matches_generate_batches_and_mixes_adapters():
     assert len({tuple(row) for row in alone}) == 3  # the adapters change the output
 
 
-def _token_rows(decoder, prompts, max_tokens, adapters=None):
-    """Greedy token ids per prompt, decoded together in one batch."""
-    from llm.serving.generation import Job
+def _token_rows(decoder, prompts, max_tokens, adapters=None, join_every=0):
+    """Greedy token ids per prompt, decoded together in one batch; with ``join_every``, the prompts join the
+    running batch one at a time, every ``join_every`` steps."""
+    from llm.serving.generation import Batch, Job
 
     adapters = adapters or [None] * len(prompts)
     jobs = [Job(prompt_ids=p, max_tokens=max_tokens, temperature=0.0, adapter=a) for p, a in zip(prompts, adapters,
                                                                                                    strict=True)]
-    rows = [[] for _ in jobs]
+    rows = {job: [] for job in jobs}
     original = decoder._advance
 
     def record(row, token):
-        rows[[id(job) for job in jobs].index(id(row.job))].append(token)
+        rows[row.job].append(token)
         return original(row, token)
 
     decoder._advance = record
     try:
-        for _ in decoder.run(jobs):
-            pass
+        if join_every:
+            batch, step = Batch(decoder), 0
+            while step < join_every * len(jobs) or batch:
+                batch.step([jobs[step // join_every]] if step % join_every == 0 and step < join_every * len(jobs)
+                           else [])
+                step += 1
+        else:
+            for _ in decoder.run(jobs):
+                pass
     finally:
         decoder._advance = original
-    return rows
+    return [rows[job] for job in jobs]
 
 
 if __name__ == "__main__":
