@@ -123,19 +123,23 @@ class TransformersEngine:
         """The decoding thread: steps the running batch while it has work; requests join between steps."""
         batch, waiting = Batch(self.decoder), deque()
         while True:
+            news = []
             if not waiting and not len(batch):
-                waiting.append(self.inbox.get()[1])  # idle: sleep until a request comes
+                news.append(self.inbox.get())  # idle: sleep until a request comes
                 if self.settings.batch_wait_timeout_s:
                     time.sleep(self.settings.batch_wait_timeout_s)
-            cancelled = set()
             while not self.inbox.empty():
-                kind, job = self.inbox.get()
+                news.append(self.inbox.get())
+            cancelled = set()
+            for kind, job in news:
                 if kind == "add":
                     waiting.append(job)
                 elif job in waiting:
                     waiting.remove(job)
                 else:
                     cancelled.add(job)
+            if not waiting and not len(batch):
+                continue
             joining: list[Job] = []
             if batch.accepts_joins or not len(batch):
                 while waiting and len(batch) + len(joining) < self.settings.max_batch_size:
