@@ -112,6 +112,17 @@ def torch_inference_mode(method: Any) -> Any:
     return wrapper
 
 
+def _pad_columns(t: Any, n: int, dim: int) -> Any:
+    """``t`` with ``n`` zero columns before the others along ``dim``, or without its first ``-n`` when negative."""
+    import torch
+
+    if n < 0:
+        return t.narrow(dim, -n, t.shape[dim] + n)
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
 @dataclass
 class _Batch:
     """The decoding state of one batch between steps: the rows still decoding and what the next forward takes."""
@@ -131,7 +142,7 @@ class Batch:
     advances the running jobs by one token (one forward), and merges the two: their caches are left-padded to
     one length and stacked, masked where padded. Position ids stay per row, so a row decodes exactly what it
     decodes alone, whenever it joined. Models whose cache cannot be merged (sliding-window layers) take new
-    jobs only when the batch is empty: :attr:`accepts_joins` says which.
+    jobs only when the batch is empty: :attr:`accepts_joins` says when a step may take new jobs.
 
     Example:
         >>> batch = Batch(decoder)
@@ -141,7 +152,7 @@ class Batch:
     """
 
     def __init__(self, decoder: Decoder):
-        self.decoder, self.state, self.accepts_joins = decoder, None, True
+        self.decoder, self.state = decoder, None
 
     def __len__(self) -> int:
         return len(self.state.rows) if self.state else 0
@@ -149,9 +160,14 @@ class Batch:
     def jobs(self) -> list[Job]:
         return [row.job for row in self.state.rows] if self.state else []
 
+    @property
+    def accepts_joins(self) -> bool:
+        """Whether the next step may take new jobs: the batch is empty, or its cache can be merged."""
+        return self.state is None or self.decoder._mergeable(self.state.cache)
+
     def step(self, joining: list[Job]) -> list[tuple[Job, Event]]:
         """Prefills ``joining`` and advances the running jobs: each job's news from this step."""
-        if joining and self.state and not self.accepts_joins:
+        if joining and not self.accepts_joins:
             raise ValueError("this model's cache cannot take jobs into a running batch; wait until it is empty")
         events: list[tuple[Job, Event]] = []
         joined = None
@@ -164,7 +180,6 @@ class Batch:
             self.state = self.decoder._trim(self.state)
         if joined:
             self.state = self.decoder._merge(self.state, joined) if self.state else joined
-            self.accepts_joins = self.decoder._mergeable(self.state.cache)
         return events
 
     def cancel(self, job: Job) -> None:
@@ -191,12 +206,12 @@ class Decoder:
         grad mode is per thread and a ``with`` block around the whole loop would hold only in the thread that
         started it.
         """
-        batch, order = Batch(self), {id(job): n for n, job in enumerate(jobs)}
+        batch, order = Batch(self), {job: n for n, job in enumerate(jobs)}
         events = batch.step(jobs)
         while True:
             step: list[Event | None] = [None] * len(jobs)
             for job, event in events:
-                step[order[id(job)]] = event
+                step[order[job]] = event
             yield step
             if not batch:
                 return
@@ -261,19 +276,11 @@ class Decoder:
         The input of the next step (one token per row) is one column to the right of the cache, so the mask,
         which already covers it, is padded along with the cache.
         """
-        import torch
-
         if n == 0:
             return
-        for layer in b.cache.layers:
-            if n > 0:
-                pad = layer.keys.new_zeros(*layer.keys.shape[:2], n, layer.keys.shape[3])
-                layer.keys = torch.cat([pad, layer.keys], dim=2)
-                layer.values = torch.cat([pad.new_zeros(*layer.values.shape[:2], n, layer.values.shape[3]),
-                                          layer.values], dim=2)
-            else:
-                layer.keys, layer.values = layer.keys[:, :, -n:], layer.values[:, :, -n:]
-        b.mask = torch.cat([b.mask.new_zeros(b.mask.shape[0], n), b.mask], dim=1) if n > 0 else b.mask[:, -n:]
+        for layer in b.cache.layers:  # (batch, heads, sequence, head_dim)
+            layer.keys, layer.values = _pad_columns(layer.keys, n, dim=2), _pad_columns(layer.values, n, dim=2)
+        b.mask = _pad_columns(b.mask, n, dim=1)
 
     @staticmethod
     def _mergeable(cache: Any) -> bool:

@@ -141,7 +141,7 @@ class TransformersEngine:
             if not waiting and not len(batch):
                 continue
             joining: list[Job] = []
-            if batch.accepts_joins or not len(batch):
+            if batch.accepts_joins:
                 while waiting and len(batch) + len(joining) < self.settings.max_batch_size:
                     joining.append(waiting.popleft())
             try:
