@@ -28,7 +28,8 @@ With a config whose engine is ``vllm`` (run it on the GPU cluster, e.g. ``ray jo
 bench/llm_serve.py --config configs/serve/llm_vllm_gpu.yaml``), the app is started on ``RAY_ADDRESS``'s cluster
 and only the served figures are measured: a plain loop over an 8B model is not the baseline anyone runs there.
 Without vLLM the script stops with the engine's message. ``--url`` measures an endpoint that is already up
-(``fabric serve up ... --detach``, a RayService), with ``OPENAI_API_KEY`` as its key. The last line is one JSON
+(``fabric serve up ... --detach``, a RayService), with ``OPENAI_API_KEY`` as its key; use it on a cluster whose
+Ray Serve already runs, since a running Serve keeps its own HTTP port. The last line is one JSON
 object.
 """
 
