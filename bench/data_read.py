@@ -105,6 +105,19 @@ def timed(name: str, fn: Callable[[], int], expected_rows: int) -> float:
     return seconds
 
 
+def interleaved(readers: dict[str, Callable[[], int]], repeats: int, expected_rows: int,
+                collect_first: bool = False) -> dict[str, list[float]]:
+    """Seconds of each reader's passes, alternated, each reader going first every other time; with
+    ``collect_first``, ``gc.collect()`` (untimed) before every pass, so no blocks are left over from earlier ones."""
+    times: dict[str, list[float]] = {name: [] for name in readers}
+    for repeat in range(repeats):
+        for name in list(readers) if repeat % 2 == 0 else list(reversed(readers)):
+            if collect_first:
+                gc.collect()
+            times[name].append(timed(name, readers[name], expected_rows))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=6_000_000, help="rows in the dataset (at least 2,000,000)")
@@ -134,18 +147,9 @@ def main() -> None:
         for name, fn in readers.items():  # warm-up: page cache, Ray worker processes, imports
             timed(name, fn, args.rows)
         fabric_read.first_batch_s.clear()
-        times: dict[str, list[float]] = {name: [] for name in readers}
-        for repeat in range(args.repeats):  # interleaved, and each goes first every other time
-            order = list(readers) if repeat % 2 == 0 else list(reversed(readers))
-            for name in order:
-                times[name].append(timed(name, readers[name], args.rows))
+        times = interleaved(readers, args.repeats, args.rows)
         first_batch = statistics.median(fabric_read.first_batch_s)
-        collected: dict[str, list[float]] = {name: [] for name in readers}
-        for repeat in range(args.repeats):  # the diagnostic phase: no blocks left over from earlier passes
-            order = list(readers) if repeat % 2 == 0 else list(reversed(readers))
-            for name in order:
-                gc.collect()
-                collected[name].append(timed(name, readers[name], args.rows))
+        collected = interleaved(readers, args.repeats, args.rows, collect_first=True)  # the diagnostic phase
     finally:
         ray.shutdown()
         shutil.rmtree(HOME, ignore_errors=True)

@@ -41,12 +41,12 @@ def test_jobs_joining_a_running_batch_decode_what_they_decode_alone(tiny):
     prompts = _prompts(tokenizer)
     lengths = [9, 3, 7, 5]
     jobs = [Job(prompt_ids=p, max_tokens=n, temperature=0.0) for p, n in zip(prompts, lengths, strict=True)]
-    tokens: dict[int, list[int]] = {id(job): [] for job in jobs}
+    tokens: dict[Job, list[int]] = {job: [] for job in jobs}
     decoder = Decoder(model, tokenizer, NO_EOS)
     original = decoder._advance
 
     def record(row, token):
-        tokens[id(row.job)].append(token)
+        tokens[row.job].append(token)
         return original(row, token)
 
     decoder._advance = record
@@ -58,7 +58,7 @@ def test_jobs_joining_a_running_batch_decode_what_they_decode_alone(tiny):
         sizes.append(len(batch))
         if not batch and step > 5:
             break
-    assert [tokens[id(job)] for job in jobs] == [_alone(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    assert [tokens[job] for job in jobs] == [_alone(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
     assert sizes[:6] == [1, 1, 3, 3, 2, 3]  # joined at steps 2 and 5; the 3-token job left after step 4
     assert sorted(map(id, finished)) == sorted(map(id, jobs)) and len(batch) == 0
     assert all(event.finish_reason == "length" for _, event in events)
