@@ -22,16 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@echo "== fabric doctor: the embedded stack this demo runs on"
 	$(BIN)/fabric doctor
-	@echo "== ingest: commit scikit-learn's breast cancer table to the versioned store (lakefs://demo/main/...)"
-	$(BIN)/fabric run ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
-	$(BIN)/fabric data log lakefs://demo/main -n 3
-	@echo "== train: pin and validate that commit, train with Ray Train (2 workers), log to MLflow, register, gate"
-	$(BIN)/fabric run train_tabular --config configs/tabular/train.yaml
-	$(BIN)/fabric models show breast-cancer
-	@echo "== done: ingested a dataset as a commit, validated it, trained a model with Ray Train, logged config, data"
-	@echo "   commit id, validation report, per-epoch metrics, pyfunc and ONNX models, registered it and ran the"
-	@echo "   promotion gate. Browse the run:"
-	@echo "   $(BIN)/mlflow ui --backend-store-uri sqlite:///$$(pwd)/.fabric/mlflow/mlflow.db"
+	@echo "== fabric demo: a served model notices its data drifted, retrains, proves itself and replaces itself"
+	$(BIN)/fabric demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -165,6 +165,12 @@ def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[s
     """
     import ray
 
+    from fabric.logs import apply, log_file
+
+    if log_file() is not None:  # a quiet command: Ray Data and Serve set up their handlers on import, so first
+        import ray.data  # noqa: F401
+        import ray.serve  # noqa: F401
+    apply()  # ... then route them as the command asked
     cfg = cfg or RayConfig()
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -212,6 +218,9 @@ def setup_mlflow(cfg: MlflowConfig | None = None) -> str:
     """
     import mlflow
 
+    from fabric.logs import apply
+
+    apply()
     cfg = cfg or MlflowConfig()
     stack = resolve_stack(RuntimeConfig(mlflow=cfg))
     if stack.mlflow_artifact_root:

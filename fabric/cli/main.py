@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fabric.cli import config_cmds, data_cmds, llm_cmds, models_cmds, serve_cmds
+from fabric.cli import config_cmds, ct_cmds, data_cmds, llm_cmds, models_cmds, monitor_cmds, serve_cmds
 from fabric.cli._output import JSON_OPTION, emit, fail
 
 app = typer.Typer(
@@ -22,6 +23,31 @@ app.add_typer(data_cmds.app, name="data")
 app.add_typer(models_cmds.app, name="models")
 app.add_typer(llm_cmds.app, name="llm")
 app.add_typer(serve_cmds.app, name="serve")
+app.add_typer(monitor_cmds.app, name="monitor")
+app.add_typer(ct_cmds.app, name="ct")
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' INFO logs (Ray, MLflow, ...) here "
+                                 "instead of in a log file under the fabric home."),
+) -> None:
+    """A Ray-based compute fabric with LLMOps extensions: versioned data, training, registry, serving, monitoring."""
+    if verbose or ctx.invoked_subcommand is None:
+        return
+    import atexit
+
+    from fabric.logs import log_file, quiet
+
+    quiet(ctx.invoked_subcommand)
+
+    def where() -> None:
+        path = log_file()
+        if path is not None and path.is_file() and path.stat().st_size:
+            print(f"(libraries' logs: {path}; `fabric --verbose ...` shows them here)", file=sys.stderr)
+
+    atexit.register(where)
+
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; defaults apply when omitted.")
 OVERRIDES_ARG = typer.Argument(None, help="Dotted key=value overrides, e.g. train.epochs=3.", show_default=False)
@@ -88,6 +114,28 @@ def doctor(
     except ConfigError as exc:
         fail(str(exc))
     emit(report, as_json)
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="The reduced size CI runs (fewer epochs and requests)."),
+    act: str = typer.Option("classical", "--act", help="Which story: classical (drift -> retrain -> canary)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' logs here instead of in a file "
+                                 "(same as `fabric --verbose demo`)."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON line of the demo's figures."),
+) -> None:
+    """The closed loop on the embedded stack: data, champion, serving, drift, alert, retraining, canary, promotion."""
+    import json
+
+    from fabric.demo import ACTS, run_demo
+
+    if act not in ACTS:
+        fail(f"unknown act {act!r}; acts: {', '.join(ACTS)}")
+    from fabric.logs import log_file
+
+    result = run_demo(act, quick=quick, verbose=verbose or log_file() is None)
+    if as_json:
+        print(json.dumps(result, default=str), flush=True)
 
 
 def _runtime_section(path: Path) -> dict:

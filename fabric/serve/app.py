@@ -173,7 +173,7 @@ class Gateway:
 
     def __init__(self, models: dict[str, Any], aliases: dict[str, str], tracking_uri: str, hashed_keys: dict[str, str],
                  auth_required: bool, max_request_bytes: int, log_payloads: bool = False,
-                 inference_log: dict | None = None):
+                 inference_log: dict | None = None, monitor: Any = None):
         from ray.serve.metrics import Counter, Histogram
 
         # A model in its own deployment comes as a DeploymentHandle; one placed in the gateway as its route.
@@ -193,6 +193,12 @@ class Gateway:
         self.infos: dict[str, dict[str, Any]] = {}
         self.rollouts: dict[str, Rollout] = {}
         self.ended: dict[str, dict[str, Any]] = {}  # the last ended rollout of each model, and why
+        self.monitor = monitor
+        self.tally = None
+        if monitor is not None:
+            from fabric.serve.monitoring import RequestTally
+
+            self.tally = RequestTally(monitor)
         self.inference_log = None
         if inference_log and inference_log.get("enabled"):
             from fabric.serve.inference_log import InferenceLog
@@ -267,6 +273,8 @@ class Gateway:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             response = JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
         response.headers["x-request-id"] = request_id
+        if self.tally is not None and endpoint in ("v2_infer", "invocations"):
+            self.tally.add(name, status)
         self.requests.inc(tags={"model": name, "version": version, "endpoint": endpoint, "status": str(status)})
         self.latency.observe((time.perf_counter() - started) * 1000,
                              tags={"model": name, "version": version, "endpoint": endpoint})
@@ -528,6 +536,42 @@ class Gateway:
 
         return await self._serve(request, "rollout", name, work)
 
+    @api.get("/admin/monitor")
+    async def monitor_status(self, request: Request) -> JSONResponse:
+        """The last scheduled check of every watched model (the serve config's ``monitor:`` section)."""
+        async def work(_: str) -> Any:
+            self._authorize(request, "admin")
+            return "-", await self._monitor().status.remote()
+
+        return await self._serve(request, "monitor", "-", work)
+
+    @api.get("/admin/models/{name}/monitor")
+    async def model_monitor(self, name: str, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            self._authorize(request, "admin")
+            info = await self._info(name)
+            return info["live"], await self._monitor().status.remote(name)
+
+        return await self._serve(request, "monitor", name, work)
+
+    @api.post("/admin/models/{name}/monitor/check")
+    async def model_monitor_check(self, name: str, request: Request) -> JSONResponse:
+        """Runs the model's check (and its alert rules) now instead of at the next scheduled time."""
+        async def work(_: str) -> Any:
+            self._authorize(request, "admin")
+            info = await self._info(name)
+            if name not in (await self._monitor().status.remote())["models"]:
+                raise RequestError(f"{name} is not watched: add it to the serve config's monitor.specs", 404)
+            await self.tally.flush()
+            return info["live"], await self._monitor().check_now.remote(name)
+
+        return await self._serve(request, "monitor", name, work)
+
+    def _monitor(self) -> Any:
+        if self.monitor is None:
+            raise RequestError("this app has no monitor: add a `monitor:` section to its serve config", 404)
+        return self.monitor
+
     @api.post("/admin/models/{name}/reload")
     async def reload(self, name: str, request: Request) -> JSONResponse:
         async def work(_: str) -> Any:
@@ -567,11 +611,24 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         models[route.name] = ModelServer.options(**options).bind(route.model_dump(), uri)
     # The gateway only awaits the model calls: let it hold many requests, so they reach @serve.batch together.
     inline_cpus = sum(route.num_cpus for route in cfg.models if route.placement == "gateway")
+    log_root = cfg.inference_log.path or default_root()
     return Gateway.options(ray_actor_options={"num_cpus": 0.25 + inline_cpus},
                            max_ongoing_requests=GATEWAY_MAX_ONGOING).bind(
         models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
-        cfg.max_request_bytes, cfg.log_payloads,
-        {**cfg.inference_log.model_dump(), "path": cfg.inference_log.path or default_root()})
+        cfg.max_request_bytes, cfg.log_payloads, {**cfg.inference_log.model_dump(), "path": log_root},
+        _bind_monitor(cfg, uri, log_root))
+
+
+def _bind_monitor(cfg: ServeConfig, tracking_uri: str, log_root: str) -> Any:
+    """The Monitor deployment of the config's ``monitor:`` section (None without one)."""
+    if cfg.monitor is None:
+        return None
+    from fabric.serve.monitoring import Monitor
+
+    specs = cfg.monitor.specs or [{"model": route.name} for route in cfg.models]
+    return Monitor.options(name="monitor", ray_actor_options={"num_cpus": cfg.monitor.num_cpus}).bind(
+        [spec if isinstance(spec, dict) else spec.model_dump() for spec in specs], cfg.monitor.interval_s,
+        cfg.monitor.first_check_s, tracking_uri, log_root)
 
 
 def _check_aliases(cfg: ServeConfig, tracking_uri: str) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
-from fabric.config import FabricConfig, Field
+from fabric.config import FabricConfig, Field, load_yaml
+from fabric.monitor.alerts import MonitorSpec
 from fabric.runtime import RuntimeConfig
 
-__all__ = ["AuthConfig", "AutoscalingConfig", "InferenceLogConfig", "ModelRoute", "ServeConfig"]
+__all__ = ["AuthConfig", "AutoscalingConfig", "InferenceLogConfig", "ModelRoute", "ServeConfig", "ServeMonitorConfig"]
 
 
 class AutoscalingConfig(FabricConfig):
@@ -70,6 +72,32 @@ class InferenceLogConfig(FabricConfig):
     flush_s: float = Field(5.0, gt=0, description="Seconds at most between writes.")
 
 
+class ServeMonitorConfig(FabricConfig):
+    """Checks the serving app runs on a schedule, and their alert rules (see fabric.serve.monitoring)."""
+
+    interval_s: float = Field(300.0, ge=1, description="Seconds between two checks of a model.")
+    first_check_s: float = Field(60.0, ge=0, description="Seconds after start before the first check.")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs of the Monitor deployment.")
+    specs: list[MonitorSpec] = Field(
+        default_factory=list, description="What to watch: monitor spec files (configs/monitor/*.yaml) or the same "
+        "mappings inline. Empty: every served model, with no alert rules (checks and gauges only).")
+
+    @field_validator("specs", mode="before")
+    @classmethod
+    def _load_files(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        loaded = []
+        for item in value:
+            if isinstance(item, str):
+                item = load_yaml(item)
+                ct = item.get("ct")
+                if isinstance(ct, dict) and isinstance(ct.get("config"), str):  # replicas may run elsewhere
+                    item["ct"] = {**ct, "config": str(Path(ct["config"]).resolve())}
+            loaded.append(item)
+        return loaded
+
+
 class ServeConfig(FabricConfig):
     """A Ray Serve application of registered models."""
 
@@ -85,6 +113,9 @@ class ServeConfig(FabricConfig):
     log_payloads: Literal[False, True] = Field(
         False, description="Write request inputs and outputs to the server log (never keys). Off by default."
     )
+    monitor: ServeMonitorConfig | None = Field(
+        None, description="Scheduled monitoring of the served models: checks, alert rules, Prometheus gauges. "
+        "Empty: no scheduled checks.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Where Ray and MLflow are.")
 
     @model_validator(mode="after")
@@ -93,4 +124,7 @@ class ServeConfig(FabricConfig):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"models: each name once; repeated: {', '.join(duplicated)}")
+        unserved = [spec.model for spec in (self.monitor.specs if self.monitor else []) if spec.model not in names]
+        if unserved:
+            raise ValueError(f"monitor.specs: {', '.join(unserved)} not served by this app; served: {', '.join(names)}")
         return self

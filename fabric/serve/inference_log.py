@@ -1,15 +1,19 @@
-"""The inference log: every prediction (request id, time, model, version, inputs, outputs) written in batches to
-Parquet, so monitoring can read what was served; labels that arrive later are written beside it and joined by
-request id.
+"""The inference log: every prediction (request id, row, time, model, version, endpoint, inputs, outputs) written
+in batches to Parquet, so monitoring can read what was served; labels that arrive later are written beside it and
+joined by request id and row.
 
 Layout under the log's root (``$FABRIC_HOME/inference`` by default, or any pyarrow filesystem URI such as
 ``s3://bucket/inference``)::
 
-    MODEL/predictions/part-<time>-<uuid>.parquet   request_id, time, model, version, endpoint, inputs, outputs
-    MODEL/labels/part-<time>-<uuid>.parquet        request_id, time, label
+    MODEL/predictions/part-<time>-<uuid>.parquet   request_id, row, time, model, version, endpoint,
+                                                   in.<feature>..., out.<output>...
+    MODEL/labels/part-<time>-<uuid>.parquet        request_id, row, time, label
 
-``inputs`` and ``outputs`` are JSON text of the row's feature values and model outputs, one row per predicted
-row. Example::
+One Parquet row per predicted row: each feature is its own float64 column ``in.<feature>`` and each model output
+its own typed column ``out.<output>`` (``out.prediction``, ``out.probability_1``, ...), so a reader can fetch
+only the columns and rows it needs (see :mod:`fabric.monitor.window`). Files written before this layout hold
+``inputs`` and ``outputs`` as JSON text instead; :func:`read_log` reads both. ``label`` is the label as JSON text.
+Example::
 
     frame = read_log("breast-cancer")        # predictions with their labels where known (label column)
 """
@@ -23,7 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InferenceLog", "default_root", "read_log", "write_labels"]
+__all__ = ["INPUT_PREFIX", "OUTPUT_PREFIX", "InferenceLog", "default_root", "log_files", "read_log", "write_labels"]
+
+INPUT_PREFIX, OUTPUT_PREFIX = "in.", "out."
+KEY_COLUMNS = ["request_id", "row", "time", "model", "version", "endpoint"]
 
 
 def default_root() -> str:
@@ -40,7 +47,18 @@ def _filesystem(root: str) -> tuple[Any, str]:
     return pyarrow.fs.LocalFileSystem(), str(Path(root).resolve())
 
 
-def _write(root: str, model: str, kind: str, rows: list[dict[str, Any]]) -> str:
+def log_files(model: str, kind: str = "predictions", root: str | None = None) -> tuple[Any, list[str]]:
+    """The pyarrow filesystem and the sorted paths of ``model``'s finished ``kind`` files (predictions or labels)."""
+    import pyarrow.fs
+
+    fs, base = _filesystem(root or default_root())
+    selector = pyarrow.fs.FileSelector(f"{base}/{model}/{kind}", allow_not_found=True)
+    names = [info.path for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.File]
+    # dot files are files being written; readers never see them
+    return fs, sorted(p for p in names if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+
+
+def _write(root: str, model: str, kind: str, table: Any) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -49,9 +67,39 @@ def _write(root: str, model: str, kind: str, rows: list[dict[str, Any]]) -> str:
     fs.create_dir(folder, recursive=True)
     path = f"{folder}/part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.tmp"  # dot files are invisible to dataset readers
-    pq.write_table(pa.Table.from_pylist(rows), tmp, filesystem=fs)
+    pq.write_table(table if isinstance(table, pa.Table) else pa.Table.from_pylist(table), tmp, filesystem=fs)
     fs.move(tmp, path)  # readers never see a half-written file
     return path
+
+
+def _prediction_tables(model: str, requests: list[tuple]) -> list[Any]:
+    """One Arrow table per (features, outputs) layout among ``requests``: typed ``in.*``/``out.*`` columns."""
+    import numpy as np
+    import pyarrow as pa
+
+    groups: dict[tuple, list[tuple]] = {}
+    for request in requests:
+        groups.setdefault((tuple(request[4]), tuple(request[6])), []).append(request)
+    tables = []
+    for (features, outputs), group in groups.items():
+        counts = np.array([len(r[5]) for r in group], dtype="int64")
+        if not counts.sum():
+            continue
+        matrix = np.concatenate([np.asarray(r[5], dtype="float64").reshape(n, len(features))
+                                 for r, n in zip(group, counts, strict=True)])
+        columns: dict[str, Any] = {
+            "request_id": np.repeat(np.array([r[1] for r in group], dtype=object), counts),
+            "row": np.concatenate([np.arange(n, dtype="int64") for n in counts]),
+            "time": np.repeat(np.array([r[0] for r in group], dtype="float64"), counts),
+            "model": np.repeat(np.array([model], dtype=object), counts.sum()),
+            "version": np.repeat(np.array([r[2] for r in group], dtype=object), counts),
+            "endpoint": np.repeat(np.array([r[3] for r in group], dtype=object), counts),
+        }
+        columns.update({f"{INPUT_PREFIX}{f}": matrix[:, j] for j, f in enumerate(features)})
+        columns.update({f"{OUTPUT_PREFIX}{c}": np.concatenate([np.asarray(r[6][c]).reshape(-1) for r in group])
+                        for c in outputs})
+        tables.append(pa.table({name: pa.array(values) for name, values in columns.items()}))
+    return tables
 
 
 class InferenceLog:
@@ -60,7 +108,7 @@ class InferenceLog:
     def __init__(self, root: str | None = None, flush_rows: int = 512, flush_s: float = 5.0):
         self.root = root or default_root()
         self.flush_rows, self.flush_s = flush_rows, flush_s
-        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.buffers: dict[str, list[tuple]] = {}
         self.lock = threading.Lock()
         self.last_flush = time.monotonic()
         self.written = 0
@@ -71,7 +119,7 @@ class InferenceLog:
             outputs: dict[str, Any]) -> None:
         """Records one request: ``inputs`` a rows x features matrix, ``outputs`` columns of the same rows.
 
-        Only a reference is kept here; rows are built when the buffer is written, off the request path.
+        Only a reference is kept here; the columns are built when the buffer is written, off the request path.
         """
         with self.lock:
             buffer = self.buffers.setdefault(model, [])
@@ -86,17 +134,9 @@ class InferenceLog:
             buffers, self.buffers, self.pending = self.buffers, {}, 0
             self.last_flush = time.monotonic()
         for model, requests in buffers.items():
-            rows = [
-                {"request_id": request_id, "row": i, "time": at, "model": model, "version": version,
-                 "endpoint": endpoint, "inputs": json.dumps(dict(zip(features, x, strict=True))),
-                 "outputs": json.dumps({c: v[i] for c, v in columns.items()})}
-                for at, request_id, version, endpoint, features, matrix, outputs in requests
-                for columns in [{c: v.tolist() for c, v in outputs.items()}]
-                for i, x in enumerate(matrix.tolist())
-            ]
-            if rows:
-                _write(self.root, model, "predictions", rows)
-                self.written += len(rows)
+            for table in _prediction_tables(model, requests):
+                _write(self.root, model, "predictions", table)
+                self.written += table.num_rows
 
     def _timer(self) -> None:
         while True:
@@ -109,7 +149,8 @@ class InferenceLog:
 
 
 def write_labels(model: str, labels: list[dict[str, Any]], root: str | None = None) -> str:
-    """Writes late labels (``{"request_id", "label"}`` each) for ``model``; returns the file written."""
+    """Writes late labels (``{"request_id", "label"}`` each, ``row`` 0 unless given) for ``model``; returns the
+    file written."""
     now = time.time()
     rows = []
     for i, item in enumerate(labels):
@@ -126,32 +167,43 @@ def write_labels(model: str, labels: list[dict[str, Any]], root: str | None = No
 
 def read_log(model: str, root: str | None = None, with_labels: bool = True) -> Any:
     """The model's predictions as a DataFrame (decoded inputs/outputs columns), with ``label`` joined by request id
-    and row when ``with_labels`` (the latest label wins; missing labels are NaN)."""
+    and row when ``with_labels`` (the latest label wins; missing labels are NaN).
+
+    Reads every file whole: for large logs read a window with :func:`fabric.monitor.window.read_window`.
+    """
     import pandas as pd
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    fs, base = _filesystem(root or default_root())
-
-    def load(kind: str) -> pd.DataFrame:
-        folder = f"{base}/{model}/{kind}"
-        info = fs.get_file_info(folder)
-        if info.type.name == "NotFound":
-            return pd.DataFrame()
-        return ds.dataset(folder, filesystem=fs, format="parquet").to_table().to_pandas()
-
-    predictions = load("predictions")
-    if predictions.empty:
-        return predictions
+    fs, paths = log_files(model, "predictions", root)
+    if not paths:
+        return pd.DataFrame()
+    predictions = pd.concat([_decoded(pq.read_table(path, filesystem=fs).to_pandas()) for path in paths],
+                            ignore_index=True)
     predictions = predictions.sort_values(["time", "request_id", "row"]).reset_index(drop=True)
-    predictions["inputs"] = predictions["inputs"].map(json.loads)
-    predictions["outputs"] = predictions["outputs"].map(json.loads)
     if with_labels:
-        labels = load("labels")
-        if labels.empty:
+        fs, paths = log_files(model, "labels", root)
+        if not paths:
             predictions["label"] = None
         else:
-            labels = labels.sort_values("time").drop_duplicates(["request_id", "row"], keep="last")
+            labels = pd.concat([pq.read_table(p, filesystem=fs).to_pandas() for p in paths], ignore_index=True)
+            labels = labels.sort_values("time", kind="stable").drop_duplicates(["request_id", "row"], keep="last")
             labels["label"] = labels["label"].map(json.loads)
             predictions = predictions.merge(labels[["request_id", "row", "label"]], on=["request_id", "row"],
                                             how="left")
     return predictions
+
+
+def _decoded(frame: Any) -> Any:
+    """One file's rows with ``inputs``/``outputs`` as dicts, whichever layout the file has."""
+    if "inputs" in frame.columns:  # a file of the JSON-text layout
+        frame["inputs"] = frame["inputs"].map(json.loads)
+        frame["outputs"] = frame["outputs"].map(json.loads)
+        return frame[[*KEY_COLUMNS, "inputs", "outputs"]]
+    decoded = frame[KEY_COLUMNS].copy()
+    for column, prefix in (("inputs", INPUT_PREFIX), ("outputs", OUTPUT_PREFIX)):
+        names = [c for c in frame.columns if c.startswith(prefix)]
+        values = [frame[c].tolist() for c in names]
+        keys = [c[len(prefix):] for c in names]
+        decoded[column] = [dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True)] if names else [
+            {} for _ in range(len(frame))]
+    return decoded

@@ -19,7 +19,7 @@ __all__ = ["register_linear"]
 
 
 def register_linear(frame: Any, name: str, steps: int, extra_feature: str | None = None,
-                    input_example: bool = False) -> str:
+                    input_example: bool = False, tags: dict[str, str] | None = None) -> str:
     """Trains fabric's linear classifier on ``frame`` for ``steps`` full-batch Adam steps and registers it as ``name``.
 
     Args:
@@ -29,6 +29,8 @@ def register_linear(frame: Any, name: str, steps: int, extra_feature: str | None
         extra_feature: a column the model also expects though ``frame`` lacks it (trained as zeros): a broken
             candidate whose every prediction fails, for tests of rollouts and reloads.
         input_example: log the first 2 rows of ``frame``'s features as the model's input example.
+        tags: more version tags, e.g. ``fabric.data.uri``/``fabric.data.commit`` naming the data it was trained on
+            (what monitoring reads its reference from).
 
     Returns:
         The registered version.
@@ -62,4 +64,4 @@ def register_linear(frame: Any, name: str, steps: int, extra_feature: str | None
         folder = save_model_dir(Path(tmp) / "model", meta, model.eval())
         info = mlflow.pyfunc.log_model(name="model", python_model=TabularPyfunc(), artifacts={"model_dir": str(folder)},
                                        input_example=example, pip_requirements=["llmops-fabric"])
-    return registry.register(info.model_uri, name, tags={"fabric.task": "classification"})
+    return registry.register(info.model_uri, name, tags={"fabric.task": "classification", **(tags or {})})

@@ -23,7 +23,8 @@ from fabric.tabular.config import TabularConfig
 from fabric.tabular.prepare import Prepared
 from fabric.training import checkpoint_storage
 
-__all__ = ["ParityError", "build_trainer", "finish", "load_checkpoint", "loop_config", "torch_loop", "xgboost_loop"]
+__all__ = ["ParityError", "build_trainer", "finish", "load_checkpoint", "loop_config", "torch_loop", "version_tags",
+           "xgboost_loop"]
 
 STATE = "train_state.pt"
 # Ray Data hands each worker windows of up to this many batches (and at most WINDOW_BYTES of features), which the
@@ -319,15 +320,9 @@ def finish(cfg: TabularConfig, prepared: Prepared, meta: dict[str, Any], model: 
         "onnx_parity_max_abs_diff": onnx_diff,
         "model_uri": info.model_uri,
     }
+    tags = version_tags(cfg, prepared, meta, metrics)
+    summary["version_tags"] = tags  # for a caller that registers the model itself (the continuous-training pipeline)
     if cfg.registry.model_name:
-        tags = {
-            "fabric.task": meta["task"],
-            "fabric.label_column": cfg.data.label_column,
-            "fabric.data.uri": prepared.pinned,
-            "fabric.data.commit": prepared.commit,
-            "fabric.model_type": meta["model_type"],
-            **{f"fabric.metric.{k}": repr(v) for k, v in metrics.items()},
-        }
         version = registry.register(info.model_uri, cfg.registry.model_name, tags=tags, policy=cfg.registry.policy,
                                     reason=f"trained on {prepared.pinned}")
         summary.update(registered_model=cfg.registry.model_name, version=version)
@@ -342,6 +337,22 @@ def finish(cfg: TabularConfig, prepared: Prepared, meta: dict[str, Any], model: 
             print(f"[registry] promotion of version {version}: {summary['promotion']}"
                   + (f" ({summary['promotion_message']})" if "promotion_message" in summary else ""), flush=True)
     return summary
+
+
+def version_tags(cfg: TabularConfig, prepared: Prepared, meta: dict[str, Any],
+                 metrics: dict[str, float]) -> dict[str, str]:
+    """The tags a registered version of this model carries: task, label, the exact data commit, held-out metrics.
+
+    The registry's promotion gate and the monitors read them (``fabric.data.commit`` is the monitors' reference).
+    """
+    return {
+        "fabric.task": meta["task"],
+        "fabric.label_column": cfg.data.label_column,
+        "fabric.data.uri": prepared.pinned,
+        "fabric.data.commit": prepared.commit,
+        "fabric.model_type": meta["model_type"],
+        **{f"fabric.metric.{k}": repr(v) for k, v in metrics.items()},
+    }
 
 
 def export_onnx(model: Any, sample: Any, path: Path) -> float:

@@ -14,9 +14,10 @@ from fabric.workload import WorkloadConfig, available_workloads, load_workload, 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = sorted((ROOT / "configs" / "data").glob("*_schema.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "configs" / "serve").glob("*.yaml"))
+MONITOR_CONFIGS = sorted((ROOT / "configs" / "monitor").glob("*.yaml"))
 FABRIC_CONFIGS = sorted(
     p for p in (ROOT / "configs").rglob("*.yaml")
-    if "kuberay" not in p.parts and p not in SCHEMAS and p not in SERVE_CONFIGS
+    if "kuberay" not in p.parts and p not in SCHEMAS and p not in SERVE_CONFIGS and p not in MONITOR_CONFIGS
 )
 
 
@@ -155,6 +156,19 @@ def test_serve_configs_of_both_kinds_are_shipped():
     assert kinds == {"ServeConfig", "LLMServeConfig"}
 
 
+@pytest.mark.parametrize("path", MONITOR_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_monitor_spec_loads_and_round_trips(path, tmp_path):
+    from fabric.monitor.alerts import MonitorSpec
+
+    spec = MonitorSpec.from_yaml(path)
+    assert spec.rules
+    saved = tmp_path / "saved.yaml"
+    spec.to_yaml(saved)
+    assert MonitorSpec.from_yaml(saved) == spec
+    if spec.ct:
+        assert (ROOT / spec.ct.config).is_file(), f"{path}: ct.config {spec.ct.config} does not exist"
+
+
 @pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.name)
 def test_every_shipped_data_schema_loads(path):
     from fabric.data import DataSchema
@@ -164,7 +178,8 @@ def test_every_shipped_data_schema_loads(path):
 
 def test_every_yaml_under_configs_is_covered():
     kuberay = set((ROOT / "configs" / "kuberay").glob("*.yaml"))
-    assert set((ROOT / "configs").rglob("*.yaml")) == set(FABRIC_CONFIGS) | set(SCHEMAS) | set(SERVE_CONFIGS) | kuberay
+    covered = set(FABRIC_CONFIGS) | set(SCHEMAS) | set(SERVE_CONFIGS) | set(MONITOR_CONFIGS) | kuberay
+    assert set((ROOT / "configs").rglob("*.yaml")) == covered
 
 
 @pytest.mark.parametrize("name", available_workloads())

@@ -1,0 +1,145 @@
+"""Where a check's snapshot goes: HTML and JSON files, an MLflow monitoring run, and the local Evidently workspace.
+
+Layout under the fabric home::
+
+    monitor/reports/MODEL/<UTC time>-v<VERSION>.html|.json   one pair per check (or in the check's out_dir)
+    monitor/workspace/                                         Evidently's workspace: one project per model
+
+``fabric monitor ui`` serves that workspace with Evidently's own UI, whose project dashboards plot the drift share
+and the quality of every check over time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXPERIMENT", "add_to_workspace", "log_to_mlflow", "report_dir", "save_snapshot", "workspace_dir"]
+
+EXPERIMENT = "fabric-monitor"
+
+
+def workspace_dir() -> Path:
+    """The local Evidently workspace: ``$FABRIC_HOME/monitor/workspace``."""
+    from fabric.runtime import fabric_home
+
+    return fabric_home() / "monitor" / "workspace"
+
+
+def report_dir(model: str) -> Path:
+    """Where a model's reports go by default: ``$FABRIC_HOME/monitor/reports/MODEL``."""
+    from fabric.runtime import fabric_home
+
+    return fabric_home() / "monitor" / "reports" / model
+
+
+def save_snapshot(snapshot: Any, folder: str | Path, version: str, at: float) -> tuple[str, str]:
+    """Writes ``<UTC time>-v<version>.html`` and ``.json`` (``snapshot.dict()``) into ``folder``; returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}-v{version}"
+    n = 1
+    while (folder / f"{stem}.html").exists() or (folder / f"{stem}.json").exists():  # two checks in one second
+        n += 1
+        stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}-v{version}-{n}"
+    html, json_path = folder / f"{stem}.html", folder / f"{stem}.json"
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(json_path))
+    return str(html), str(json_path)
+
+
+def log_to_mlflow(result: Any) -> str:
+    """Logs a :class:`~fabric.monitor.CheckResult` as a run of the ``fabric-monitor`` experiment; returns its id.
+
+    Uses the client API, so a run active in the caller (a training or pipeline step) is left alone.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {"fabric.model": result.model, "fabric.model_version": result.version,
+            "fabric.data.commit": result.reference_commit, "fabric.data.uri": result.reference_uri,
+            "fabric.monitor.window": ", ".join(f"{k}={v}" for k, v in result.window.items()),
+            "fabric.monitor.dataset_drift": str(result.dataset_drift).lower()}
+    run = client.create_run(_experiment_id(), tags=tags, run_name=f"monitor-{result.model}-v{result.version}")
+    metrics = {"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns), "rows": result.rows,
+               "labelled_rows": result.labelled_rows, "reference_rows": result.reference_rows}
+    if result.prediction_drift and result.prediction_drift.get("score") is not None:
+        metrics["prediction_drift_score"] = result.prediction_drift["score"]
+    metrics.update({k: v for k, v in (result.quality or {}).items() if v is not None})
+    stamp = int(result.time * 1000)
+    client.log_batch(run.info.run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, 0)
+                                               for k, v in metrics.items()])
+    for path in (result.html_path, result.json_path):
+        client.log_artifact(run.info.run_id, path, "report")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _experiment_id() -> str:
+    """The ``fabric-monitor`` experiment; on the embedded store its artifacts live under the fabric home, as
+    :func:`fabric.runtime.setup_mlflow` places the ``fabric`` experiment's (never in ``./mlruns``)."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    from fabric.runtime import fabric_home, resolve_stack
+
+    if not is_tracking_uri_set():
+        mlflow.set_tracking_uri(resolve_stack().mlflow_tracking_uri)
+    embedded = f"sqlite:///{fabric_home() / 'mlflow' / 'mlflow.db'}"
+    artifacts = fabric_home() / "mlflow" / "artifacts"
+    location = f"{artifacts.as_uri()}/{EXPERIMENT}" if mlflow.get_tracking_uri() == embedded else None
+    client = mlflow.MlflowClient()
+    for _ in range(2):  # another process may create it between the lookup and the create
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        if location:
+            artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            return client.create_experiment(EXPERIMENT, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            continue
+    raise RuntimeError(f"could not create the MLflow experiment {EXPERIMENT}")
+
+
+def add_to_workspace(snapshot: Any, model: str, task: str) -> str:
+    """Adds ``snapshot`` to the model's project in :func:`workspace_dir` (found by name, else created with a
+    dashboard of drift share and quality over time); returns the project id."""
+    from evidently.ui.workspace import Workspace
+
+    folder = workspace_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / ".fabric.lock"):  # checks of several processes share the workspace
+        workspace = Workspace(str(folder))
+        project = next((p for p in workspace.list_projects() if p.name == model), None)
+        if project is None:
+            project = workspace.create_project(model, description=f"fabric monitoring checks of model {model}")
+            _add_panels(project, task)
+        workspace.add_run(project.id, snapshot, include_data=False)
+    return str(project.id)
+
+
+def _add_panels(project: Any, task: str) -> None:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    project.dashboard.add_panel(line_plot_panel(
+        title="Share of drifted features", size="half",
+        values=[PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})]))
+    metric = "RMSE" if task == "regression" else "Accuracy"
+    project.dashboard.add_panel(line_plot_panel(title=f"{metric} (labelled rows)", size="half",
+                                                values=[PanelMetric(legend=metric.lower(), metric=metric)]))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
