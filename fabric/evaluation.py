@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "classification_metrics",
     "default_metric",
+    "known_metric",
     "regression_metrics",
     "score",
 ]
@@ -45,6 +46,13 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 class NumericalInstabilityError(ValueError):
     """A model produced NaN or infinite outputs."""
+
+
+def known_metric(value: str | None) -> str | None:
+    """``value`` when it is None or a metric the promotion gate can compare; ValueError listing them otherwise."""
+    if value is not None and value not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {value!r}; known: {', '.join(sorted(HIGHER_IS_BETTER))}")
+    return value
 
 
 def default_metric(task: Task) -> str:

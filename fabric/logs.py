@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +28,14 @@ _state: dict[str, logging.Handler | Path | None] = {"handler": None, "path": Non
 
 
 def quiet(name: str) -> Path:
-    """Starts sending the libraries' INFO logs to a new file named after ``name``; returns the file's path."""
+    """Starts sending the libraries' INFO logs to a new file named after ``name``; returns the file's path.
+
+    Called again in the same process (tests invoking several commands), it keeps the first file.
+    """
     from fabric.runtime import fabric_home
 
+    if _state["path"] is not None:
+        return _state["path"]  # type: ignore[return-value]
     folder = fabric_home() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -63,12 +69,26 @@ def apply() -> None:
         for terminal in terminals:
             terminal.setLevel(max(terminal.level, logging.WARNING))
         if not terminals:
-            terminal = logging.StreamHandler()
+            terminal = _Terminal()
             terminal.setLevel(logging.WARNING)
             terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             logger.addHandler(terminal)
         if handler not in logger.handlers:
             logger.addHandler(handler)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+class _Terminal(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (as ``logging.lastResort`` does), so a stream that
+    was replaced and closed meanwhile (a test runner's capture) is never written to."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass

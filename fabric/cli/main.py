@@ -39,6 +39,8 @@ def _root(
 
     from fabric.logs import log_file, quiet
 
+    if log_file() is not None:  # an earlier command in this process (a test) already chose the file
+        return
     quiet(ctx.invoked_subcommand)
 
     def where() -> None:

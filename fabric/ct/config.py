@@ -88,11 +88,9 @@ class GateConfig(FabricConfig):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
-        from fabric.evaluation import HIGHER_IS_BETTER
+        from fabric.evaluation import known_metric
 
-        if value is not None and value not in HIGHER_IS_BETTER:
-            raise ValueError(f"unknown metric {value!r}; known: {', '.join(sorted(HIGHER_IS_BETTER))}")
-        return value
+        return known_metric(value)
 
 
 class ServingConfig(FabricConfig):

@@ -112,3 +112,33 @@ def test_a_webhook_that_is_down_is_recorded_and_does_not_stop_the_other_actions(
     [alert] = run_spec(spec, result=result(model="down"))["alerts"]
     assert alert["actions"]["webhook"]["ok"] is False and "ConnectionError" in alert["actions"]["webhook"]["error"]
     assert alert["actions"]["log"] == {"ok": True}
+
+
+@pytest.mark.slow
+def test_the_ct_action_starts_the_pipeline_in_its_own_process(ray_session, tmp_path):
+    """The serving app's choice: `python -m workloads.continuous_training` on the same Ray, told why it runs."""
+    import yaml
+
+    from fabric.ct import CTError, pipeline_status
+    from tests.fabric.ct.helpers import ct_dict
+
+    config = tmp_path / "ct.yaml"  # a model with no champion: the run starts, then its snapshot step says why
+    config.write_text(yaml.safe_dump(ct_dict("alert-started", "no-champion-model", str(tmp_path / "log"), None)))
+    spec = MonitorSpec.from_dict({"model": "alerted", "ct": {"config": str(config)}, "rules": [
+        {"name": "feature-drift", "when": "drift_share_above", "threshold": 0.3, "actions": ["ct"]}]})
+    [alert] = run_spec(spec, result=result(version="ct"))["alerts"]
+    started = alert["actions"]["ct"]
+    assert started["ok"] and started["mode"] == "process"
+    deadline, status = time.monotonic() + 240, {}
+    while status.get("status") in (None, "running") and time.monotonic() < deadline:
+        time.sleep(2)
+        try:
+            status = pipeline_status("alert-started")
+        except CTError:  # the process has not created its run yet
+            pass
+    assert status["trigger"] == "alert:feature-drift"
+    assert status["reason"].startswith("alerted vct: 40% of features drifted")
+    snapshot = status["steps"][0]
+    assert snapshot["name"] == "snapshot" and snapshot["state"] == "failed"
+    assert "no-champion-model" in snapshot["error"], snapshot
+    assert "no-champion-model" in open(started["log"]).read()
