@@ -176,6 +176,7 @@ def train(ctx: Context) -> StepResult:
     training = cfg.training_config(uri)
     training.data.validation_schema = None  # the validate step checked this very commit: not twice
     init_ray(cfg.runtime.ray)
+    shrunk = None if cfg.tune else _fit_free_cpus(training.scaling)
     if cfg.tune:
         from fabric.tabular.tune import tune
 
@@ -188,7 +189,27 @@ def train(ctx: Context) -> StepResult:
                                              "test_metrics", "version_tags")}
     outputs["seconds_training"] = summary.get("train_seconds") or summary.get("tune_seconds")
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["test_metrics"].items() if k in ("roc_auc", "rmse"))
-    return StepResult(outputs, f"MLflow run {summary['mlflow_run_id'][:12]}, {metrics} on its test split")
+    if shrunk:
+        outputs["cpus_per_worker"] = shrunk
+    return StepResult(outputs, f"MLflow run {summary['mlflow_run_id'][:12]}, {metrics} on its test split"
+                      + (f" ({shrunk:g} CPU per worker: the rest is serving)" if shrunk else ""))
+
+
+def _fit_free_cpus(scaling: Any) -> float | None:
+    """On one fixed node (the embedded Ray, where a serving app holds some CPUs), a worker group asking for more
+    CPUs than are free would wait forever: each worker's share is cut to fit, leaving a little for Ray Data.
+    Returns the new share, or None when nothing changed (enough free, or a multi-node cluster that may grow)."""
+    import ray
+
+    need = scaling.num_workers * scaling.cpus_per_worker
+    free = ray.available_resources().get("CPU", 0.0)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if need <= free or len(nodes) != 1 or scaling.use_gpu or free < 0.2 * scaling.num_workers:
+        return None
+    share = round(0.8 * free / scaling.num_workers, 2)
+    print(f"[ct] train: {need:g} CPUs asked, {free:g} free on this node; {share:g} CPU per worker", flush=True)
+    scaling.cpus_per_worker = share
+    return share
 
 
 def evaluate(ctx: Context) -> StepResult:
