@@ -135,3 +135,18 @@ def _metrics(port: int, project_id: str) -> list[dict]:
         if body.status_code == 200:
             found += [m for m in body.json().get("metrics", []) if "DriftedColumnsCount" in str(m.get("config"))]
     return found
+
+
+def test_check_with_a_monitor_spec_fires_its_rules_once(logged, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: {MODEL}\ncheck: {{last: 200}}\nrules:\n"
+                    "  - {name: labels-late, when: too_few_labels, threshold: 20, actions: [log]}\n"
+                    "  - {name: any-drift, when: drift_share_above, threshold: 0.5}\n")
+    text = fabric("check", MODEL, "--config", str(spec), "--log-root", logged["root"]).stdout
+    assert "alert labels-late: " in text and "0 of 200 rows labelled" in text and "log ok" in text
+    assert "any-drift" not in text  # nothing drifted: that rule stays quiet
+    body = json.loads(fabric("check", MODEL, "--config", str(spec), "--json", "--log-root", logged["root"]).stdout)
+    assert body["alerts"] == [] and body["suppressed"] == ["labels-late"]  # one cool-down: fired once
+    other = tmp_path / "other.yaml"
+    other.write_text("model: another-model\nrules: []\n")
+    assert "watches model 'another-model'" in fabric("check", MODEL, "--config", str(other), code=2).output
