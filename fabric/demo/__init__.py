@@ -50,7 +50,23 @@ def run_demo(act: str = "classical", quick: bool = False, verbose: bool = False,
     result = classical.run(story, quick)
     stack = resolve_stack()
     story.note(f"drift report (HTML): {result['report_html']}")
-    story.note("Evidently UI: fabric monitor ui   (then open http://127.0.0.1:8000)")
-    story.note(f"MLflow UI:    mlflow ui --backend-store-uri {stack.mlflow_tracking_uri}")
+    tools = _tools_folder()
+    story.note(f"Evidently UI: {tools}fabric monitor ui   (then open http://127.0.0.1:8000)")
+    story.note(f"MLflow UI:    {tools}mlflow ui --backend-store-uri {stack.mlflow_tracking_uri}")
     print("\n" + story.table(), file=out, flush=True)
     return {"act": act, "quick": quick, **result, "log": str(log_path) if log_path else None}
+
+
+def _tools_folder() -> str:
+    """Where this environment's ``fabric`` and ``mlflow`` commands are (``.venv/bin/`` after ``make demo``), as a
+    prefix for the commands the demo prints; empty when they are on PATH anyway."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(sys.executable).parent
+    if shutil.which("mlflow") == str(folder / "mlflow"):
+        return ""
+    try:
+        return f"{folder.relative_to(Path.cwd())}/"
+    except ValueError:
+        return f"{folder}/"
