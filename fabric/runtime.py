@@ -167,9 +167,10 @@ def init_ray(cfg: RayConfig | None = None, log_to_driver: bool = True) -> dict[s
 
     from fabric.logs import apply, log_file
 
-    if log_file() is not None:  # a quiet command: Ray Data and Serve set up their handlers on import, so first
+    if log_file() is not None:  # a quiet command: Ray Data, Serve and Train set up their handlers on import, so
         import ray.data  # noqa: F401
         import ray.serve  # noqa: F401
+        import ray.train  # noqa: F401
     apply()  # ... then route them as the command asked
     cfg = cfg or RayConfig()
     if not ray.is_initialized():

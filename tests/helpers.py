@@ -67,20 +67,12 @@ def run_serve_app(build: Callable[[Any], Any], cfg: Any, api_keys: str) -> str:
     """Runs ``build(cfg)`` with Ray Serve on loopback at ``cfg.port`` as application ``cfg.name``; returns its URL.
 
     ``FABRIC_API_KEYS`` is ``api_keys`` only while the app is built (it reads the keys then), so other tests do not
-    see it. Ray must be up; the caller shuts Serve down.
+    see it. Ray must be up; the caller shuts Serve down. (:func:`fabric.serve.app.run_app`, on loopback.)
 
     Example::
 
         url = run_serve_app(build_app, ServeConfig.from_dict({...}), "key:predict,admin-key:admin")
     """
-    from ray import serve
+    from fabric.serve.app import run_app
 
-    previous = os.environ.get("FABRIC_API_KEYS")
-    os.environ["FABRIC_API_KEYS"] = api_keys
-    try:
-        app = build(cfg)
-    finally:
-        os.environ.pop("FABRIC_API_KEYS") if previous is None else os.environ.update(FABRIC_API_KEYS=previous)
-    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
-    serve.run(app, name=cfg.name, route_prefix="/")
-    return f"http://127.0.0.1:{cfg.port}"
+    return run_app(build, cfg.model_copy(update={"host": "127.0.0.1"}), api_keys)

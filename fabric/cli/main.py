@@ -33,7 +33,9 @@ def _root(
                                  "instead of in a log file under the fabric home."),
 ) -> None:
     """A Ray-based compute fabric with LLMOps extensions: versioned data, training, registry, serving, monitoring."""
-    if verbose or ctx.invoked_subcommand is None:
+    ctx.obj = {"verbose": verbose}
+    # `fabric demo` routes the logs itself: it has a --verbose of its own and prints where they go.
+    if verbose or ctx.invoked_subcommand in (None, "demo"):
         return
     import atexit
 
@@ -120,6 +122,7 @@ def doctor(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="The reduced size CI runs (fewer epochs and requests)."),
     act: str = typer.Option("classical", "--act", help="Which story: classical (drift -> retrain -> canary)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' logs here instead of in a file "
@@ -133,9 +136,7 @@ def demo(
 
     if act not in ACTS:
         fail(f"unknown act {act!r}; acts: {', '.join(ACTS)}")
-    from fabric.logs import log_file
-
-    result = run_demo(act, quick=quick, verbose=verbose or log_file() is None)
+    result = run_demo(act, quick=quick, verbose=verbose or bool((ctx.obj or {}).get("verbose")))
     if as_json:
         print(json.dumps(result, default=str), flush=True)
 

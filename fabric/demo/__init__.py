@@ -26,21 +26,17 @@ def run_demo(act: str = "classical", quick: bool = False, verbose: bool = False,
     Prints a progress line per step, then a table of steps with their evidence and where the report, the
     Evidently UI and the MLflow UI are. Without ``verbose`` the libraries' INFO logs go to a file it names.
     """
-    import ray
     import ray.data
-    import ray.serve
-    import ray.train  # noqa: F401 - each configures its loggers when imported: before quiet_libraries
 
     from fabric.demo import classical
     from fabric.demo.report import Story
-    from fabric.logs import apply, log_file, quiet
+    from fabric.logs import log_file, quiet
     from fabric.runtime import RayConfig, init_ray, resolve_stack, setup_mlflow
 
     if act not in ACTS:
         raise ValueError(f"unknown act {act!r}; acts: {', '.join(ACTS)}")
     out = out or sys.stdout
     log_path = None if verbose else (log_file() or quiet("demo"))
-    apply()
     if log_path:
         print(f"fabric demo: libraries' logs go to {log_path} (--verbose shows them here)", file=out, flush=True)
     init_ray(RayConfig(), log_to_driver=verbose)

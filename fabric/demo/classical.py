@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,31 +96,16 @@ def _train_overrides(epochs: int) -> list[str]:
 
 def _serve(story: Story, keys: dict[str, str]) -> str:
     from fabric.runtime import _free_port
-    from fabric.serve.app import build_app
+    from fabric.serve.app import build_app, run_app
     from fabric.serve.config import ServeConfig
 
     port = _free_port()
     cfg = ServeConfig.from_yaml(ROOT / "configs" / "serve" / "tabular.yaml",
                                 [f"port={port}", "inference_log.flush_s=0.5", "monitor=null"])
     # The demo runs the monitor itself, step by step, instead of the app's schedule (monitor=null above).
-    url = story.quietly(_run_app, build_app, cfg, f"{keys['predict']}:predict,{keys['admin']}:admin")
+    url = story.quietly(run_app, build_app, cfg, f"{keys['predict']}:predict,{keys['admin']}:admin")
     story.evidence(f"{url} ({MODEL}@champion, API keys on, inference log on)")
     return url
-
-
-def _run_app(build: Any, cfg: Any, api_keys: str) -> str:
-    import os
-
-    from ray import serve
-
-    os.environ["FABRIC_API_KEYS"] = api_keys
-    try:
-        app = build(cfg)
-    finally:
-        os.environ.pop("FABRIC_API_KEYS", None)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app, name=cfg.name, route_prefix="/")
-    return f"http://{cfg.host}:{cfg.port}"
 
 
 def _traffic(story: Story, url: str, key: str, frame: Any, n_before: int, n_after: int) -> None:
@@ -136,8 +122,6 @@ def _traffic(story: Story, url: str, key: str, frame: Any, n_before: int, n_afte
     story.step("shift", "a new device reports sizes on another scale",
                lambda s: s.evidence(f"{batch(True, n_after, 2, 'new-device')}; {len(factors)} features scaled "
                                     "(lengths x1.5, areas x2.25)"))
-    import time
-
     time.sleep(1.5)  # the inference log flushes every 0.5 s
 
 

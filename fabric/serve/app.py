@@ -14,6 +14,7 @@
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from ray import serve
 from fabric.config import ConfigError
 from fabric.serve.config import ModelRoute, ServeConfig
 from fabric.serve.inference_log import default_root
-from fabric.serve.keys import Keyring, hash_key
+from fabric.serve.keys import ENV, Keyring, hash_key
 from fabric.serve.protocols import (
     RequestError,
     matrix_from_mlflow,
@@ -40,7 +41,7 @@ from fabric.serve.protocols import (
 )
 from fabric.serve.rollout import Rollout, RolloutRequest
 
-__all__ = ["Gateway", "ModelServer", "app_builder", "build_app"]
+__all__ = ["Gateway", "ModelServer", "app_builder", "build_app", "run_app"]
 
 log = logging.getLogger("ray.serve")
 INFO_TTL_S = 2.0
@@ -619,16 +620,30 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
         _bind_monitor(cfg, uri, log_root))
 
 
+def run_app(build: Any, cfg: Any, api_keys: str) -> str:
+    """Runs ``build(cfg)`` on Ray Serve at ``cfg.host:cfg.port`` as application ``cfg.name`` with ``api_keys``
+    (``KEY:ROLE,...``), read only while the app is built, so the rest of the process never sees them; returns
+    its URL. Ray must be up; the caller shuts Serve down. (``fabric demo`` and the tests serve this way.)"""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = api_keys
+    try:
+        app = build(cfg)
+    finally:
+        os.environ.pop(ENV) if previous is None else os.environ.update({ENV: previous})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(app, name=cfg.name, route_prefix="/")
+    return f"http://{cfg.host}:{cfg.port}"
+
+
 def _bind_monitor(cfg: ServeConfig, tracking_uri: str, log_root: str) -> Any:
     """The Monitor deployment of the config's ``monitor:`` section (None without one)."""
     if cfg.monitor is None:
         return None
     from fabric.serve.monitoring import Monitor
 
-    specs = cfg.monitor.specs or [{"model": route.name} for route in cfg.models]
+    specs = [spec.model_dump() for spec in cfg.monitor.specs] or [{"model": route.name} for route in cfg.models]
     return Monitor.options(name="monitor", ray_actor_options={"num_cpus": cfg.monitor.num_cpus}).bind(
-        [spec if isinstance(spec, dict) else spec.model_dump() for spec in specs], cfg.monitor.interval_s,
-        cfg.monitor.first_check_s, tracking_uri, log_root)
+        specs, cfg.monitor.interval_s, cfg.monitor.first_check_s, tracking_uri, log_root)
 
 
 def _check_aliases(cfg: ServeConfig, tracking_uri: str) -> None:
