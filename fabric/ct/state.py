@@ -102,10 +102,9 @@ def new_state(cfg: Any, trigger: str, reason: str | None, reference: str | None)
 def save(state: dict[str, Any]) -> None:
     """Writes the state file atomically: a reader (``fabric ct status``) never sees half a file."""
     state["updated"] = _now()
-    path = Path(state["folder"]) / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    os.replace(tmp, path)
+    from fabric.files import atomic_write
+
+    atomic_write(Path(state["folder"]) / STATE_FILE, json.dumps(state, indent=2, default=str))
 
 
 def list_runs(name: str) -> list[dict[str, Any]]:

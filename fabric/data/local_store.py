@@ -17,21 +17,18 @@ the branch stays where it was and no commit or object is left behind.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fabric.data.store import Change, Commit, DataError, MergeConflictError, NotFoundError
+from fabric.files import atomic_write, locked
 
 __all__ = ["LocalStore"]
 
@@ -71,8 +68,8 @@ class LocalStore:
             commit_id = self._write_commit(repo, [], "Repository created", {}, {})
             if not REF_NAME.match(default_branch):
                 raise DataError(f"branch name {default_branch!r} is not a valid ref name")
-            _atomic_write(path / "refs" / "branches" / default_branch, commit_id)
-            _atomic_write(path / "repo.json", json.dumps({"name": repo, "default_branch": default_branch,
+            atomic_write(path / "refs" / "branches" / default_branch, commit_id)
+            atomic_write(path / "repo.json", json.dumps({"name": repo, "default_branch": default_branch,
                                                            "created": time.time()}))
         return commit_id
 
@@ -225,7 +222,7 @@ class LocalStore:
         return path
 
     def _set_ref(self, repo: str, kind: str, name: str, commit_id: str) -> None:
-        _atomic_write(self._ref_file(repo, kind, name), commit_id)
+        atomic_write(self._ref_file(repo, kind, name), commit_id)
 
     def _commit_data(self, repo: str, commit_id: str) -> dict[str, Any]:
         return json.loads((self._repo(repo) / "commits" / f"{commit_id}.json").read_text())
@@ -239,7 +236,7 @@ class LocalStore:
         body = {"parents": parents, "message": message, "metadata": {str(k): str(v) for k, v in metadata.items()},
                 "time": time.time(), "tree": dict(sorted(tree.items()))}
         commit_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        _atomic_write(self.root / repo / "commits" / f"{commit_id}.json", json.dumps({"id": commit_id, **body}))
+        atomic_write(self.root / repo / "commits" / f"{commit_id}.json", json.dumps({"id": commit_id, **body}))
         return commit_id
 
     def _store_object(self, repo: str, file: Path, name: str, added: list[Path]) -> str:
@@ -253,14 +250,8 @@ class LocalStore:
             added.append(target)
         return name
 
-    @contextlib.contextmanager
-    def _locked(self, repo: str) -> Iterator[None]:
-        with open(self.root / repo / "lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self, repo: str) -> Any:
+        return locked(self.root / repo / "lock")
 
 
 def _object_name(file: Path) -> str:
@@ -281,16 +272,3 @@ def _changes(before: dict[str, str], after: dict[str, str]) -> list[Change]:
     changes += [Change(p, "added") for p in after if p not in before]
     changes += [Change(p, "changed") for p in after if p in before and before[p] != after[p]]
     return sorted(changes, key=lambda c: c.path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -275,13 +274,12 @@ _ACTIONS = {"log": _log, "webhook": _webhook, "ct": _ct}
 @contextlib.contextmanager
 def _cooldowns() -> Iterator[dict[str, float]]:
     """The rules' last firing times, locked against the serving app and the CLI firing the same rule at once."""
+    from fabric.files import atomic_write, locked
+
     folder = alerts_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cooldowns.json"
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(folder / ".lock"):
         state = json.loads(path.read_text()) if path.is_file() else {}
         yield state
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(state, indent=1))

@@ -11,12 +11,11 @@ and the quality of every check over time.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from fabric.files import locked
 
 __all__ = ["EXPERIMENT", "add_to_workspace", "log_to_mlflow", "report_dir", "save_snapshot", "workspace_dir"]
 
@@ -113,7 +112,7 @@ def add_to_workspace(snapshot: Any, model: str, task: str) -> str:
 
     folder = workspace_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".fabric.lock"):  # checks of several processes share the workspace
+    with locked(folder / ".fabric.lock"):  # checks of several processes share the workspace
         workspace = Workspace(str(folder))
         project = next((p for p in workspace.list_projects() if p.name == model), None)
         if project is None:
@@ -133,13 +132,3 @@ def _add_panels(project: Any, task: str) -> None:
     metric = "RMSE" if task == "regression" else "Accuracy"
     project.dashboard.add_panel(line_plot_panel(title=f"{metric} (labelled rows)", size="half",
                                                 values=[PanelMetric(legend=metric.lower(), metric=metric)]))
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
