@@ -15,7 +15,13 @@ import shutil
 import subprocess
 from typing import Any
 
-from fabric.runtime import RuntimeConfig, cached_models, resolve_stack
+from fabric.runtime import RuntimeConfig, cached_models, locate_home, resolve_stack
+
+HOME_SOURCES = {
+    "env": "FABRIC_HOME is set",
+    "found": "found in the current folder or an enclosing one",
+    "new": "none in the current folder or above: a new one in the current folder",
+}
 
 __all__ = ["diagnose"]
 
@@ -27,6 +33,7 @@ def diagnose(cfg: RuntimeConfig | None = None, connect: bool = True) -> dict[str
         "fabric": _version("llmops-fabric"),
         "python": platform.python_version(),
         "home": stack.home,
+        "home_source": HOME_SOURCES[locate_home()[1]],
         "ray": _ray(stack.ray_address, stack.ray_num_cpus, connect),
         "mlflow": {
             "version": _version("mlflow"),

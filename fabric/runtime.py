@@ -12,8 +12,11 @@ data       local versioned store ``$FABRIC_HOME/data``        lakeFS (``LAKEFS_E
 models     cache under ``$FABRIC_HOME/models``                same cache, filled by ``fabric llm pull``
 ========== ================================================ ==========================================
 
-``FABRIC_HOME`` defaults to ``.fabric`` in the working directory. Heavy libraries are imported inside the
-functions that need them, so importing this module is cheap.
+The home is found as git finds ``.git``: ``$FABRIC_HOME`` when set, else the nearest ``.fabric`` in the working
+directory or a folder above it, else a new ``.fabric`` in the working directory. Inside a Ray job the working
+directory is a temporary upload folder, so there an unset ``FABRIC_HOME`` is refused (:class:`JobHomeError`)
+rather than filling a folder Ray deletes. Heavy libraries are imported inside the functions that need them, so
+importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any, Literal
 from fabric.config import ConfigError, FabricConfig, Field
 
 __all__ = [
+    "HOME_DIR",
+    "JobHomeError",
     "LakeFSConfig",
     "MlflowConfig",
     "RayConfig",
@@ -34,6 +39,7 @@ __all__ = [
     "cached_models",
     "fabric_home",
     "init_ray",
+    "locate_home",
     "metrics_url",
     "qdrant_client",
     "resolve_stack",
@@ -118,17 +124,48 @@ class Stack:
         return asdict(self)
 
 
+HOME_DIR = ".fabric"
+
+
+class JobHomeError(ConfigError):
+    """A Ray job would keep its tracking or data store in its temporary working directory."""
+
+
+def locate_home() -> tuple[Path, str]:
+    """The fabric home and why it is that one: ``env`` (``$FABRIC_HOME``), ``found`` (the nearest ``.fabric`` in
+    the working directory or a folder above it, as git finds ``.git``) or ``new`` (``./.fabric``, not made yet).
+
+    Example:
+        >>> locate_home()  # run from a subfolder of a project that has a .fabric
+        (PosixPath('/work/project/.fabric'), 'found')
+    """
+    if os.environ.get("FABRIC_HOME"):
+        return Path(os.environ["FABRIC_HOME"]).resolve(), "env"
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / HOME_DIR).is_dir():
+            return folder / HOME_DIR, "found"
+    return cwd / HOME_DIR, "new"
+
+
 def fabric_home() -> Path:
-    """The folder that holds everything embedded: ``$FABRIC_HOME`` or ``./.fabric``."""
-    return Path(os.environ.get("FABRIC_HOME") or ".fabric").resolve()
+    """The folder that holds everything embedded (see :func:`locate_home`)."""
+    return locate_home()[0]
 
 
 def resolve_stack(cfg: RuntimeConfig | None = None) -> Stack:
-    """Decides, without starting anything, where each part of the stack runs."""
+    """Decides, without starting anything, where each part of the stack runs.
+
+    Raises :class:`JobHomeError` inside a Ray job whose embedded stores would land in its working directory.
+    """
     cfg = cfg or RuntimeConfig()
     home = fabric_home()
+    embedded_tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     ray_address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: our own embedded URI there is no server.
     tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking == embedded_tracking:
+        tracking = None
     qdrant_url = cfg.qdrant_url or os.environ.get("QDRANT_URL")
     lakefs_endpoint = _lakefs_endpoint(cfg.lakefs)
     backend = cfg.data_backend
@@ -138,11 +175,13 @@ def resolve_stack(cfg: RuntimeConfig | None = None) -> Stack:
         raise ConfigError(
             "runtime.data_backend is 'lakefs' but no endpoint is set: set runtime.lakefs.endpoint or LAKEFS_ENDPOINT"
         )
+    if not tracking or backend == "local":
+        _refuse_home_in_job_dir(home, tracking is None, backend == "local")
     return Stack(
         home=str(home),
         ray_address=ray_address,
         ray_num_cpus=None if ray_address else (cfg.ray.num_cpus or os.cpu_count()),
-        mlflow_tracking_uri=tracking or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        mlflow_tracking_uri=tracking or embedded_tracking,
         mlflow_artifact_root=None if tracking else (home / "mlflow" / "artifacts").as_uri(),
         qdrant=qdrant_url or str(home / "qdrant"),
         qdrant_mode="server" if qdrant_url else "local",
@@ -215,7 +254,8 @@ def _free_port() -> int:
 def setup_mlflow(cfg: MlflowConfig | None = None) -> str:
     """Points MLflow at the configured tracking store and returns the experiment id (creating it if needed).
 
-    On the embedded store, artifacts live under ``$FABRIC_HOME/mlflow/artifacts`` rather than ``./mlruns``.
+    On the embedded store, artifacts live under ``$FABRIC_HOME/mlflow/artifacts`` rather than ``./mlruns``: the
+    store's own ``Default`` experiment's too.
     """
     import mlflow
 
@@ -224,9 +264,9 @@ def setup_mlflow(cfg: MlflowConfig | None = None) -> str:
     apply()
     cfg = cfg or MlflowConfig()
     stack = resolve_stack(RuntimeConfig(mlflow=cfg))
-    if stack.mlflow_artifact_root:
-        Path(stack.home, "mlflow", "artifacts").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if stack.mlflow_artifact_root:
+        _create_embedded_store(stack)
     mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
@@ -259,3 +299,42 @@ def cached_models(cfg: RuntimeConfig | None = None) -> list[str]:
 
 def _lakefs_endpoint(cfg: LakeFSConfig) -> str | None:
     return cfg.endpoint or os.environ.get("LAKEFS_ENDPOINT") or os.environ.get("LAKECTL_SERVER_ENDPOINT_URL")
+
+
+def _create_embedded_store(stack: Stack) -> None:
+    """Creates the embedded SQLite store once, with its Default experiment's artifacts under the home.
+
+    MLflow would otherwise create it on first use with ``./mlruns`` of whichever folder that was.
+    """
+    Path(stack.home, "mlflow", "artifacts").mkdir(parents=True, exist_ok=True)
+    if Path(stack.home, "mlflow", "mlflow.db").exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(stack.mlflow_tracking_uri, stack.mlflow_artifact_root)
+
+
+def _ray_job_dir() -> Path | None:
+    """The working directory of the Ray job this process is the driver (or a worker) of; None outside a job.
+
+    Ray 2.60's job supervisor gives the driver ``RAY_JOB_CONFIG_JSON_ENV_VAR``, and runs it in the job's
+    ``working_dir`` unpacked under the session's ``runtime_resources`` folder, which Ray deletes later.
+    """
+    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return None
+    cwd = Path.cwd().resolve()
+    return cwd if "runtime_resources" in cwd.parts else None
+
+
+def _refuse_home_in_job_dir(home: Path, tracking: bool, data: bool) -> None:
+    job_dir = _ray_job_dir()
+    if job_dir is None or not home.is_relative_to(job_dir):
+        return
+    stores = " and ".join(name for name, embedded in (("MLflow tracking store", tracking), ("data store", data))
+                          if embedded)
+    raise JobHomeError(
+        f"this Ray job would keep its {stores} in {home}, inside the job's temporary working directory, where "
+        "no one finds them and Ray deletes them: set FABRIC_HOME to an absolute folder the cluster keeps (and "
+        "MLFLOW_TRACKING_URI for a tracking server), e.g. ray job submit --runtime-env-json "
+        "'{\"env_vars\": {\"FABRIC_HOME\": \"/shared/fabric\"}}' ..., or use fabric submit, which forwards them"
+    )

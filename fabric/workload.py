@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from fabric.config import ConfigError, FabricConfig, Field, load_yaml
-from fabric.runtime import RuntimeConfig, init_ray, setup_mlflow
+from fabric.runtime import RuntimeConfig, init_ray, resolve_stack, setup_mlflow
 
 __all__ = [
     "Workload",
@@ -82,8 +82,13 @@ class Workload:
         return cfg
 
     def run(self, cfg: FabricConfig) -> Any:
-        """Starts or joins Ray, points MLflow at its store, then calls ``main(cfg)``."""
+        """Checks where the stack lives, starts or joins Ray, points MLflow at its store, then calls ``main(cfg)``.
+
+        Inside a Ray job without ``FABRIC_HOME`` this fails first (:class:`fabric.runtime.JobHomeError`), before
+        anything is written to the job's temporary working directory.
+        """
         runtime = getattr(cfg, "runtime", None) or RuntimeConfig()
+        resolve_stack(runtime)
         init_ray(runtime.ray)
         setup_mlflow(runtime.mlflow)
         return self.main(cfg)
@@ -136,6 +141,7 @@ def run_module(module_name: str, argv: list[str] | None = None) -> Any:
     workload = from_module(module, name=name, ref=name)
     try:
         cfg = workload.load_config(args.config, args.overrides)
+        resolve_stack(getattr(cfg, "runtime", None))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

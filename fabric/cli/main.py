@@ -65,11 +65,13 @@ def run(
 ) -> None:
     """Run a workload in this process on the configured Ray (embedded local Ray unless RAY_ADDRESS is set)."""
     from fabric.config import ConfigError
+    from fabric.runtime import resolve_stack
     from fabric.workload import WorkloadError, load_workload, print_result
 
     try:
         loaded = load_workload(workload)
         cfg = loaded.load_config(config, overrides or [])
+        resolve_stack(getattr(cfg, "runtime", None))  # inside a Ray job: refuses a home in its upload folder
     except (ConfigError, WorkloadError) as exc:
         fail(str(exc))
     print_result(loaded.run(cfg))

@@ -44,7 +44,18 @@ def test_doctor_reports_the_embedded_stack(cli_env, fabric_home):
     assert report["data"] == {"backend": "local", "location": str(fabric_home / "data")}
     assert report["qdrant"] == {"mode": "local", "location": str(fabric_home / "qdrant")}
     assert report["models"]["cache"] == str(fabric_home / "models")
+    assert (report["home"], report["home_source"]) == (str(fabric_home), "FABRIC_HOME is set")
     assert report["vllm"]["importable"] is False
+
+
+def test_doctor_says_which_home_and_why_from_a_subfolder(cli_env, tmp_path):
+    env = {k: v for k, v in cli_env.items() if k != "FABRIC_HOME"}
+    (tmp_path / ".fabric").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    out = fabric("doctor", env=env, cwd=tmp_path / "notebooks")
+    assert out.returncode == 0, out.stderr
+    assert f"home: {tmp_path / '.fabric'}\n" in out.stdout
+    assert "home_source: found in the current folder or an enclosing one" in out.stdout
 
 
 def test_doctor_text_and_config_runtime(cli_env, tmp_path):

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from fabric.config import ConfigError
-from fabric.runtime import RuntimeConfig, cached_models, qdrant_client, resolve_stack, setup_mlflow
+from fabric.runtime import (
+    JobHomeError,
+    RuntimeConfig,
+    cached_models,
+    locate_home,
+    qdrant_client,
+    resolve_stack,
+    setup_mlflow,
+)
 
 
 def test_embedded_defaults_live_under_fabric_home(fabric_home):
@@ -78,3 +86,79 @@ def test_cached_models_lists_folders_with_a_config(fabric_home):
     (fabric_home / "models" / "org" / "tiny" / "config.json").write_text("{}")
     (fabric_home / "models" / "empty").mkdir(parents=True)
     assert cached_models() == ["org/tiny"]
+
+
+def test_home_is_found_in_an_enclosing_folder_as_git_finds_dot_git(tmp_path, monkeypatch):
+    monkeypatch.delenv("FABRIC_HOME")
+    (tmp_path / "project" / ".fabric").mkdir(parents=True)
+    (tmp_path / "project" / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project" / "src" / "deep")
+    assert locate_home() == (tmp_path / "project" / ".fabric", "found")
+    assert resolve_stack().data_location == str(tmp_path / "project" / ".fabric" / "data")
+    monkeypatch.chdir(tmp_path)  # nothing here or above: a new home in the current folder
+    assert locate_home() == (tmp_path / ".fabric", "new")
+    monkeypatch.setenv("FABRIC_HOME", str(tmp_path / "elsewhere"))
+    assert locate_home() == (tmp_path / "elsewhere", "env")
+
+
+@pytest.fixture
+def own_mlflow_uri(monkeypatch):
+    """Gives MLflow's process-wide tracking URI (and the variable it exports) back after the test."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored (to whatever it was) after the test
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+def test_default_experiment_of_a_new_store_keeps_artifacts_under_home(tmp_path, monkeypatch, own_mlflow_uri):
+    import mlflow
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FABRIC_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    setup_mlflow(RuntimeConfig().mlflow.model_copy(update={"experiment": "first"}))
+    default = mlflow.get_experiment("0")
+    assert default.artifact_location.startswith((home / "mlflow" / "artifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_tracking_uri_exported_by_mlflow_is_still_the_embedded_store(fabric_home, own_mlflow_uri):
+    """mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI: that is our own store, not a server's."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_stack().mlflow_tracking_uri)
+    assert resolve_stack().mlflow_artifact_root == (fabric_home / "mlflow" / "artifacts").as_uri()
+    experiment_id = setup_mlflow(RuntimeConfig().mlflow.model_copy(update={"experiment": "after-export"}))
+    assert mlflow.get_experiment(experiment_id).artifact_location.startswith((fabric_home / "mlflow").as_uri())
+
+
+@pytest.fixture
+def inside_a_ray_job(tmp_path, monkeypatch):
+    """This process as a Ray job's driver: Ray's job variable set, the working directory Ray's upload folder."""
+    job_dir = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    job_dir.mkdir(parents=True)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.delenv("FABRIC_HOME")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(job_dir)
+    return job_dir
+
+
+def test_a_ray_job_without_fabric_home_is_refused(inside_a_ray_job, monkeypatch, tmp_path):
+    with pytest.raises(JobHomeError, match="FABRIC_HOME") as refused:
+        resolve_stack()
+    assert "MLflow tracking store and data store" in str(refused.value)
+    assert "MLFLOW_TRACKING_URI" in str(refused.value)
+    monkeypatch.setenv("FABRIC_HOME", str(tmp_path / "shared"))
+    assert resolve_stack().home == str(tmp_path / "shared")
+
+
+def test_a_ray_job_with_servers_for_tracking_and_data_needs_no_home(inside_a_ray_job, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("LAKEFS_ENDPOINT", "http://lakefs:8000")
+    assert resolve_stack().data_backend == "lakefs"
+    monkeypatch.delenv("LAKEFS_ENDPOINT")
+    with pytest.raises(JobHomeError, match="data store"):
+        resolve_stack()
