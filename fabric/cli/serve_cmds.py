@@ -28,6 +28,7 @@ def up(
 
     from fabric.config import ConfigError, load_yaml
     from fabric.serve.config import ServeConfig
+    from fabric.serve.keys import Keyring
 
     try:
         is_llm = load_yaml(config).get("kind") == "llm"
@@ -37,6 +38,7 @@ def up(
             cfg = LLMServeConfig.from_yaml(config, overrides or [])
         else:
             cfg = ServeConfig.from_yaml(config, overrides or [])
+        Keyring.load(cfg.auth.keys_file)  # a malformed FABRIC_API_KEYS fails here, before Ray starts
     except ConfigError as exc:
         fail(str(exc))
     from ray import serve

@@ -12,14 +12,16 @@ import hmac
 import os
 from pathlib import Path
 
+from fabric.config import ConfigError
+
 __all__ = ["ROLES", "KeyError_", "Keyring", "hash_key"]
 
 ROLES = ("predict", "admin")
 ENV = "FABRIC_API_KEYS"
 
 
-class KeyError_(ValueError):  # noqa: N801 - a ValueError about keys, not the builtin KeyError
-    """A malformed key entry."""
+class KeyError_(ConfigError):  # noqa: N801 - a ValueError about keys, not the builtin KeyError
+    """A malformed key entry; the message says where it is (never the key itself)."""
 
 
 def hash_key(key: str) -> str:
@@ -34,14 +36,17 @@ class Keyring:
 
     @classmethod
     def load(cls, keys_file: str | None = None, env: str | None = None) -> Keyring:
-        entries = [e for e in (env if env is not None else os.environ.get(ENV, "")).split(",") if e.strip()]
+        listed = [e for e in (env if env is not None else os.environ.get(ENV, "")).split(",")]
+        entries = [(f"{ENV} entry {n} of {len(listed)}", e) for n, e in enumerate(listed, 1) if e.strip()]
         if keys_file:
             path = Path(keys_file)
             if not path.is_file():
                 raise KeyError_(f"auth.keys_file {keys_file} does not exist")
-            entries += [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+            entries += [(f"auth.keys_file {keys_file} line {n}", line)
+                        for n, line in enumerate(path.read_text().splitlines(), 1)
+                        if line.strip() and not line.startswith("#")]
         hashed: dict[str, str] = {}
-        for n, entry in enumerate(entries, 1):
+        for where, entry in entries:
             entry = entry.strip()
             if entry.startswith("sha256:"):
                 parts = entry.split(":")
@@ -50,7 +55,7 @@ class Keyring:
                 key, _, role = entry.rpartition(":")
                 digest = hash_key(key) if key else ""
             if not digest or role not in ROLES:
-                raise KeyError_(f"API key entry {n} must be KEY:ROLE with ROLE one of {', '.join(ROLES)} "
+                raise KeyError_(f"{where} must be KEY:ROLE or sha256:HEX:ROLE with ROLE one of {', '.join(ROLES)} "
                                 f"(the key itself is not shown)")
             hashed[digest] = role
         return cls(hashed)
