@@ -54,7 +54,12 @@ class JobOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("SUCCEEDED", "PENDING", "RUNNING")
+        """Only a job that SUCCEEDED; one still PENDING or RUNNING when the wait ended has not (yet)."""
+        return self.status == "SUCCEEDED"
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
 
 
 def build_entrypoint(ref: str, config_path: str | None, overrides: Iterable[str], root: Path) -> str:

@@ -87,7 +87,10 @@ def submit(
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
 ) -> None:
-    """Submit a workload as a Ray job (working_dir = this folder); exits non-zero when the job fails."""
+    """Submit a workload as a Ray job (working_dir = this folder); exits 0 only when the job SUCCEEDED.
+
+    With --no-wait it exits 0 once the job is submitted.
+    """
     from fabric.config import ConfigError
     from fabric.jobs import submit as submit_job
     from fabric.workload import WorkloadError
@@ -99,8 +102,11 @@ def submit(
     except ConnectionError as exc:
         fail(f"cannot reach the Ray dashboard at {address or 'RAY_ADDRESS'}: {exc}")
     summary = (outcome.message or "").strip().splitlines()
+    if wait and not outcome.ended:
+        summary = [f"still {outcome.status.lower()} when the wait ended, which is not success; follow it with "
+                   f"ray job logs --follow {outcome.submission_id}"]
     print(f"job {outcome.submission_id} {outcome.status}" + (f": {summary[0]}" if summary else ""))
-    if not outcome.ok:
+    if wait and not outcome.ok:  # --no-wait succeeds once the job is submitted
         raise typer.Exit(1)
 
 

@@ -1,0 +1,67 @@
+"""fabric/jobs.py and `fabric submit`'s exit status, against a stand-in for Ray's job client (no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from fabric import jobs
+from fabric.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeJobClient:
+    """Accepts one job and reports it as ``status`` for ever after."""
+
+    def __init__(self, status: str):
+        self.status = status
+
+    def submit_job(self, **job):
+        return "raysubmit_fake"
+
+    async def tail_job_logs(self, job_id):
+        yield "working...\n"
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(status=self.status, message=None)
+
+
+@pytest.mark.parametrize(("status", "ok"), [("SUCCEEDED", True), ("FAILED", False), ("STOPPED", False),
+                                            ("RUNNING", False), ("PENDING", False)])
+def test_only_a_succeeded_job_is_ok(status, ok):
+    assert jobs.JobOutcome("raysubmit_x", status).ok is ok
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+    def use(status: str) -> None:
+        monkeypatch.setattr(jobs, "_client", lambda address: FakeJobClient(status))
+        monkeypatch.setattr(jobs, "_wait_terminal", lambda client, job_id: client.get_job_info(job_id))
+
+    monkeypatch.chdir(ROOT)
+    return use
+
+
+def submit(*args: str):
+    return CliRunner().invoke(app, ["--verbose", "submit", "tests/fixtures/quick_job.py", *args,
+                                    "--address", "http://fake:8265"])
+
+
+def test_submit_exits_non_zero_when_the_job_is_still_running_after_the_wait(fake_cluster):
+    fake_cluster("RUNNING")
+    out = submit()
+    assert out.exit_code == 1, out.output
+    assert "job raysubmit_fake RUNNING: still running when the wait ended, which is not success" in out.output
+
+
+def test_submit_exits_zero_when_the_job_succeeded_or_was_only_submitted(fake_cluster):
+    fake_cluster("SUCCEEDED")
+    assert submit().exit_code == 0
+    fake_cluster("PENDING")
+    out = submit("--no-wait")
+    assert out.exit_code == 0, out.output
+    assert "job raysubmit_fake PENDING" in out.output
