@@ -17,7 +17,8 @@ The three entry points share :meth:`Workload.run`:
 
 * ``python -m workloads.smoke --config configs/smoke.yaml train.epochs=2``
 * ``fabric run smoke --config configs/smoke.yaml train.epochs=2``
-* ``ray job submit --working-dir . -- python -m workloads.smoke --config configs/smoke.yaml``
+* ``ray job submit --working-dir . --runtime-env-json '{"env_vars": {"FABRIC_HOME": "/abs/home"}}' -- python -m
+  workloads.smoke --config configs/smoke.yaml`` (a job must be told its home: see :func:`Workload.run`)
 
 Each prints the JSON of ``main``'s result as its last line of output.
 """
@@ -85,11 +86,15 @@ class Workload:
         """Checks where the stack lives, starts or joins Ray, points MLflow at its store, then calls ``main(cfg)``.
 
         Inside a Ray job without ``FABRIC_HOME`` this fails first (:class:`fabric.runtime.JobHomeError`), before
-        anything is written to the job's temporary working directory.
+        anything is written to the job's temporary working directory; on a cluster of several nodes, an embedded
+        store that some node cannot see fails next (:class:`fabric.cluster.SharedStorageError`), before any work.
         """
+        from fabric.cluster import check_shared_storage
+
         runtime = getattr(cfg, "runtime", None) or RuntimeConfig()
-        resolve_stack(runtime)
+        stack = resolve_stack(runtime)
         init_ray(runtime.ray)
+        check_shared_storage(stack)
         setup_mlflow(runtime.mlflow)
         return self.main(cfg)
 

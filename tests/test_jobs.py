@@ -35,7 +35,9 @@ def ray_head(tmp_path_factory):
             # Fixed defaults such as the agent's 52365 are taken by this session's embedded Ray: pick free ones.
             *(f"--{name}={port}" for name, port in zip(agents, agent_ports, strict=True)),
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # Without FABRIC_HOME, as a head usually is: jobs must be told the home (fabric submit forwards it).
+        env={k: v for k, v in env.items() if k != "FABRIC_HOME"}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
@@ -111,20 +113,40 @@ def test_no_wait_returns_the_submission_id(ray_head):
     assert f"job '{job_id.lower()}' succeeded" in status
 
 
+def readme_ray_job_submit() -> str:
+    """The README's `ray job submit` line for the smoke workload (in "Running workloads"), joined as bash would."""
+    block = (ROOT / "README.md").read_text().split("## Running workloads", 1)[1].split("```bash\n", 1)[1]
+    block = block.split("```", 1)[0].replace("\\\n", "")
+    (line,) = [line for line in block.splitlines() if "ray job submit" in line]
+    return line
+
+
 def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head, smoke_via_fabric):
-    """The third entry point: Ray's own CLI with the documented line, and the same result as `fabric submit`."""
+    """The third entry point: Ray's own CLI with the README's line as written, and the result of `fabric submit`."""
     address, env = ray_head
-    args = ["--config", "configs/smoke.yaml", "train.epochs=1"]
     via_fabric = last_json(smoke_via_fabric.stdout, "test_accuracy")
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-         "--", "python", "-m", "workloads.smoke", *args],
-        capture_output=True, text=True, cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"}, timeout=600,
-    )
+    line = readme_ray_job_submit()
+    assert line.endswith("-- python -m workloads.smoke --config configs/smoke.yaml train.epochs=2")
+    out = subprocess.run(["bash", "-c", line.replace("train.epochs=2", "train.epochs=1")], capture_output=True,
+                         text=True, cwd=ROOT, env={**env, "RAY_ADDRESS": address}, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     via_ray = last_json(out.stdout, "test_accuracy")
     keys = ("dataset", "train_rows", "test_rows", "epochs", "final_train_loss", "test_accuracy")
     assert {k: via_ray[k] for k in keys} == {k: via_fabric[k] for k in keys}
+
+
+def test_plain_ray_job_submit_without_fabric_home_stops_before_any_work(ray_head):
+    """Without FABRIC_HOME the job's home would be Ray's temporary upload folder: refused, naming what to set."""
+    address, env = ray_head
+    env = {k: v for k, v in env.items() if k != "FABRIC_HOME"}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+         "--", "python", "-m", "workloads.smoke", "--config", "configs/smoke.yaml"],
+        capture_output=True, text=True, cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"}, timeout=600,
+    )
+    assert out.returncode != 0
+    assert "temporary working directory" in out.stdout and "set FABRIC_HOME" in out.stdout, out.stdout[-3000:]
+    assert "[smoke] done" not in out.stdout
 
 
 def test_train_and_tune_tabular_jobs_register_a_model(ray_head):
