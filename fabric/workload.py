@@ -185,6 +185,7 @@ def workload_for_config(path: str | Path, explicit: str | None = None) -> Worklo
         ref = Path(path).stem
     if not ref:
         raise WorkloadError(
-            f"cannot tell which workload {path} is for: add `workload: NAME` to it or pass --workload NAME"
+            f"cannot tell which workload {path} is for: add `workload: NAME` to it or pass --workload NAME "
+            "(a serve config says `kind: serve` or `kind: llm`)"
         )
     return load_workload(str(ref))

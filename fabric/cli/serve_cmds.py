@@ -26,18 +26,16 @@ def up(
     import signal
     import threading
 
-    from fabric.config import ConfigError, load_yaml
-    from fabric.serve.config import ServeConfig
+    from fabric.config import ConfigError
+    from fabric.config_kinds import SERVE_KINDS, kind_of, load_kind
     from fabric.serve.keys import Keyring
 
     try:
-        is_llm = load_yaml(config).get("kind") == "llm"
-        if is_llm:
-            from llm.serving.config import LLMServeConfig
-
-            cfg = LLMServeConfig.from_yaml(config, overrides or [])
-        else:
-            cfg = ServeConfig.from_yaml(config, overrides or [])
+        kind = kind_of(config) or "serve"  # serve configs written before `kind: serve` have none
+        if kind not in SERVE_KINDS:
+            raise ConfigError(f"{config} is a {kind!r} config; fabric serve up takes kinds {', '.join(SERVE_KINDS)}")
+        is_llm = kind == "llm"
+        cfg = load_kind(config, overrides or [], kind)
         Keyring.load(cfg.auth.keys_file)  # a malformed FABRIC_API_KEYS fails here, before Ray starts
     except ConfigError as exc:
         fail(str(exc))

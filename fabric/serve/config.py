@@ -101,6 +101,8 @@ class ServeMonitorConfig(FabricConfig):
 class ServeConfig(FabricConfig):
     """A Ray Serve application of registered models."""
 
+    kind: Literal["serve"] = Field("serve", description="Marks a serve config of registered models "
+                                   "(`kind: llm` is an LLM API); see fabric.config_kinds.")
     name: str = Field("fabric", min_length=1, description="Ray Serve application name.")
     route_prefix: str = Field("/", description="HTTP path the application is mounted at.")
     host: str = Field("127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0 on a cluster).")

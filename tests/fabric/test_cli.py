@@ -120,3 +120,19 @@ def test_submit_to_an_unreachable_cluster_is_a_clear_error(cli_env):
     assert out.returncode == 2
     assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("path", "config_class"), [("configs/serve/tabular.yaml", "ServeConfig"),
+                                                    ("configs/serve/llm.yaml", "LLMServeConfig")])
+def test_config_check_and_show_take_serve_configs(cli_env, path, config_class):
+    out = fabric("config", "check", path, "--json", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    kind = "llm" if config_class == "LLMServeConfig" else "serve"
+    assert json.loads(out.stdout) == {"ok": True, "file": path, "kind": kind, "config_class": config_class}
+    out = fabric("config", "check", path, "port=0", "auth.requird=false", env=cli_env)
+    assert out.returncode == 2
+    assert "port: Input should be greater than or equal to 1" in out.stderr
+    assert "auth.requird: unknown key" in out.stderr
+    out = fabric("config", "show", path, "port=8123", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert f"kind: {kind}\n" in out.stdout and "port: 8123\n" in out.stdout

@@ -134,12 +134,12 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
 
 
 def serve_config_class(path: Path) -> type[FabricConfig]:
-    """What `fabric serve up` loads the file as: `kind: llm` is an LLM API, no kind a tabular serve config."""
-    from fabric.config import load_yaml
-    from fabric.serve.config import ServeConfig
-    from llm.serving.config import LLMServeConfig
+    """What `fabric serve up` and `fabric config check` load the file as: the class of its `kind:`."""
+    from fabric.config_kinds import SERVE_KINDS, config_class, kind_of
 
-    return LLMServeConfig if load_yaml(path).get("kind") == "llm" else ServeConfig
+    kind = kind_of(path)
+    assert kind in SERVE_KINDS, f"{path} must say its kind (kind: serve or kind: llm)"
+    return config_class(kind)
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
