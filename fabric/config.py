@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from typing_extensions import Self
 
 __all__ = ["ConfigError", "FabricConfig", "Field", "apply_override", "load_yaml"]
@@ -115,7 +115,21 @@ def _describe(cls: type[BaseModel], err: dict[str, Any], origins: dict[tuple[str
         return f"  {field}: unknown key{via}{hint}"
     if err["type"] == "missing":
         return f"  {field}: required field is missing"
-    return f"  {field}: {err['msg']}; got {err.get('input')!r}{via}"
+    got = "(a secret, not shown)" if _is_secret(cls, loc) else repr(err.get("input"))
+    return f"  {field}: {err['msg']}; got {got}{via}"
+
+
+def _is_secret(cls: type[BaseModel], loc: tuple[str, ...]) -> bool:
+    """Whether ``loc`` is (inside) a ``SecretStr`` field, whose bad value must not be echoed."""
+    model: Any = cls
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        if SecretStr in (field.annotation, *get_args(field.annotation)):
+            return True
+        model = _model_in(field.annotation)
+    return False
 
 
 def _allowed_keys(cls: type[BaseModel], loc: tuple[str, ...]) -> list[str]:

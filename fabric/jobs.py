@@ -26,7 +26,15 @@ from typing import Any
 from fabric.config import ConfigError
 from fabric.workload import is_path_ref, load_workload
 
-__all__ = ["DEFAULT_EXCLUDES", "FORWARDED_ENV", "JobOutcome", "build_entrypoint", "build_runtime_env", "submit"]
+__all__ = [
+    "CREDENTIAL_ENV",
+    "DEFAULT_EXCLUDES",
+    "FORWARDED_ENV",
+    "JobOutcome",
+    "build_entrypoint",
+    "build_runtime_env",
+    "submit",
+]
 
 DEFAULT_EXCLUDES = [".venv/", ".fabric/", ".git/", "**/__pycache__/", "*.pyc", "mlruns/", ".pytest_cache/"]
 FORWARDED_ENV = [
@@ -38,6 +46,15 @@ FORWARDED_ENV = [
     "QDRANT_API_KEY",
     "LAKEFS_ENDPOINT",
     "LAKECTL_SERVER_ENDPOINT_URL",
+    "LAKECTL_CREDENTIALS_ACCESS_KEY_ID",
+    "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY",
+]
+# Ray 2.60 has no hidden runtime_env field: env_vars show in the dashboard and the job's info. These stay here
+# with --no-forward-secrets (the cluster then needs them set on its nodes).
+CREDENTIAL_ENV = [
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "QDRANT_API_KEY",
     "LAKECTL_CREDENTIALS_ACCESS_KEY_ID",
     "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY",
 ]
@@ -73,12 +90,16 @@ def build_entrypoint(ref: str, config_path: str | None, overrides: Iterable[str]
     return shlex.join([*command, *overrides])
 
 
-def build_runtime_env(user_env: dict[str, Any], root: Path) -> dict[str, Any]:
-    """The project folder as working_dir, minus bulky folders, plus fabric's settings from this environment."""
+def build_runtime_env(user_env: dict[str, Any], root: Path, forward_secrets: bool = True) -> dict[str, Any]:
+    """The project folder as working_dir, minus bulky folders, plus fabric's settings from this environment.
+
+    Without ``forward_secrets`` the :data:`CREDENTIAL_ENV` variables are left out (Ray's dashboard shows env_vars).
+    """
     env = dict(user_env)
     env["working_dir"] = str(root)
     env["excludes"] = [*DEFAULT_EXCLUDES, *user_env.get("excludes", [])]
-    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    names = [n for n in FORWARDED_ENV if forward_secrets or n not in CREDENTIAL_ENV]
+    forwarded = {name: os.environ[name] for name in names if os.environ.get(name)}
     if "FABRIC_HOME" in forwarded:
         forwarded["FABRIC_HOME"] = str(Path(forwarded["FABRIC_HOME"]).resolve())
     env["env_vars"] = {**forwarded, **user_env.get("env_vars", {})}
@@ -92,15 +113,24 @@ def submit(
     address: str | None = None,
     wait: bool = True,
     echo: Callable[[str], None] = lambda text: print(text, end="", flush=True),
+    forward_secrets: bool = True,
 ) -> JobOutcome:
-    """Validates the config, submits the workload as a Ray job, and (with ``wait``) streams its logs to the end."""
+    """Validates the config, submits the workload as a Ray job, and (with ``wait``) streams its logs to the end.
+
+    Credentials in this environment (:data:`CREDENTIAL_ENV`) go to the job unless ``forward_secrets`` is False;
+    Ray shows them in its dashboard, so their names (never values) are echoed.
+    """
     overrides = list(overrides)
     workload = load_workload(ref)
     cfg = workload.load_config(config_path, overrides)
     runtime = getattr(cfg, "runtime", None)
     root = Path.cwd()
     entrypoint = build_entrypoint(ref, config_path, overrides, root)
-    runtime_env = build_runtime_env(runtime.ray.runtime_env if runtime else {}, root)
+    runtime_env = build_runtime_env(runtime.ray.runtime_env if runtime else {}, root, forward_secrets)
+    shown = sorted(set(runtime_env["env_vars"]) & set(CREDENTIAL_ENV))
+    if shown:
+        echo(f"forwarding {', '.join(shown)} in the job's runtime env, which the Ray dashboard shows "
+             "(--no-forward-secrets keeps them here)\n")
     client = _client(address)
     job_id = _submit_when_ready(client, entrypoint=entrypoint, runtime_env=runtime_env,
                                 metadata={"workload": workload.name})

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from fabric.config import ConfigError, FabricConfig, Field
 
 __all__ = [
@@ -75,6 +77,10 @@ class MlflowConfig(FabricConfig):
         None, description="MLflow tracking URI. Empty: MLFLOW_TRACKING_URI when set, else SQLite under FABRIC_HOME."
     )
     experiment: str = Field("fabric", min_length=1, description="MLflow experiment that runs are logged to.")
+    username: str | None = Field(None, description="Tracking server user (or MLFLOW_TRACKING_USERNAME).")
+    password: SecretStr | None = Field(
+        None, exclude=True, description="Tracking server password (or MLFLOW_TRACKING_PASSWORD); never saved."
+    )
 
 
 class LakeFSConfig(FabricConfig):
@@ -82,13 +88,17 @@ class LakeFSConfig(FabricConfig):
 
     endpoint: str | None = Field(None, description="lakeFS URL, e.g. http://localhost:8000 (or LAKEFS_ENDPOINT).")
     access_key_id: str | None = Field(None, description="lakeFS access key id (or LAKECTL_CREDENTIALS_ACCESS_KEY_ID).")
-    secret_access_key: str | None = Field(
-        None, description="lakeFS secret key (or LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY)."
+    secret_access_key: SecretStr | None = Field(
+        None, exclude=True, description="lakeFS secret key (or LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY); never saved."
     )
     storage_namespace: str = Field(
         "local://fabric/{repo}",
         description="Where lakeFS stores a new repository's objects; {repo} is replaced, e.g. s3://bucket/{repo}.",
     )
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(access key id, secret) as given here; None where the LAKECTL_CREDENTIALS_* variables apply."""
+        return self.access_key_id, _reveal(self.secret_access_key)
 
 
 class RuntimeConfig(FabricConfig):
@@ -98,6 +108,9 @@ class RuntimeConfig(FabricConfig):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking and registry.")
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL. Empty: QDRANT_URL when set, else Qdrant local mode under FABRIC_HOME."
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        None, exclude=True, description="Qdrant server API key (or QDRANT_API_KEY); never saved."
     )
     data_backend: Literal["auto", "local", "lakefs"] = Field(
         "auto", description="Versioned data store. auto: lakeFS when an endpoint is configured, else local."
@@ -265,6 +278,10 @@ def setup_mlflow(cfg: MlflowConfig | None = None) -> str:
     cfg = cfg or MlflowConfig()
     stack = resolve_stack(RuntimeConfig(mlflow=cfg))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if cfg.username:  # MLflow's clients read basic-auth credentials only from these variables
+        os.environ["MLFLOW_TRACKING_USERNAME"] = cfg.username
+    if cfg.password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = cfg.password.get_secret_value()
     if stack.mlflow_artifact_root:
         _create_embedded_store(stack)
     mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
@@ -284,7 +301,8 @@ def qdrant_client(cfg: RuntimeConfig | None = None) -> Any:
 
     stack = resolve_stack(cfg)
     if stack.qdrant_mode == "server":
-        return QdrantClient(url=stack.qdrant, api_key=os.environ.get("QDRANT_API_KEY"))
+        api_key = _reveal((cfg or RuntimeConfig()).qdrant_api_key) or os.environ.get("QDRANT_API_KEY")
+        return QdrantClient(url=stack.qdrant, api_key=api_key)
     Path(stack.qdrant).mkdir(parents=True, exist_ok=True)
     return QdrantClient(path=stack.qdrant)
 
@@ -338,3 +356,7 @@ def _refuse_home_in_job_dir(home: Path, tracking: bool, data: bool) -> None:
         "MLFLOW_TRACKING_URI for a tracking server), e.g. ray job submit --runtime-env-json "
         "'{\"env_vars\": {\"FABRIC_HOME\": \"/shared/fabric\"}}' ..., or use fabric submit, which forwards them"
     )
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

@@ -86,6 +86,10 @@ def submit(
         None, "--address", help="Ray dashboard address, e.g. http://HEAD:8265. Default: RAY_ADDRESS."
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's logs until it ends."),
+    forward_secrets: bool = typer.Option(
+        True, "--forward-secrets/--no-forward-secrets", help="Pass MLflow, Qdrant and lakeFS credentials set here "
+        "to the job. Ray's dashboard shows a job's env vars: with --no-forward-secrets set them on the cluster."
+    ),
 ) -> None:
     """Submit a workload as a Ray job (working_dir = this folder); exits 0 only when the job SUCCEEDED.
 
@@ -96,7 +100,8 @@ def submit(
     from fabric.workload import WorkloadError
 
     try:
-        outcome = submit_job(workload, str(config) if config else None, overrides or [], address=address, wait=wait)
+        outcome = submit_job(workload, str(config) if config else None, overrides or [], address=address, wait=wait,
+                             forward_secrets=forward_secrets)
     except (ConfigError, WorkloadError) as exc:
         fail(str(exc))
     except ConnectionError as exc:

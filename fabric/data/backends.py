@@ -20,9 +20,7 @@ def open_store(runtime: RuntimeConfig | None = None) -> VersionStore:
         from fabric.data.lakefs_store import LakeFSStore
 
         cfg = runtime.lakefs  # empty credentials: the store reads LAKECTL_CREDENTIALS_*
-        return LakeFSStore(
-            stack.data_location, cfg.access_key_id, cfg.secret_access_key, storage_namespace=cfg.storage_namespace
-        )
+        return LakeFSStore(stack.data_location, *cfg.credentials(), storage_namespace=cfg.storage_namespace)
     from fabric.data.local_store import LocalStore
 
     return LocalStore(stack.data_location)

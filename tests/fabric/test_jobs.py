@@ -21,6 +21,7 @@ class FakeJobClient:
         self.status = status
 
     def submit_job(self, **job):
+        self.job = job
         return "raysubmit_fake"
 
     async def tail_job_logs(self, job_id):
@@ -38,9 +39,12 @@ def test_only_a_succeeded_job_is_ok(status, ok):
 
 @pytest.fixture
 def fake_cluster(monkeypatch):
-    def use(status: str) -> None:
-        monkeypatch.setattr(jobs, "_client", lambda address: FakeJobClient(status))
+    """Replaces Ray's job client; ``use(status)`` returns the client, which keeps the job it was given."""
+    def use(status: str) -> FakeJobClient:
+        client = FakeJobClient(status)
+        monkeypatch.setattr(jobs, "_client", lambda address: client)
         monkeypatch.setattr(jobs, "_wait_terminal", lambda client, job_id: client.get_job_info(job_id))
+        return client
 
     monkeypatch.chdir(ROOT)
     return use
@@ -65,3 +69,21 @@ def test_submit_exits_zero_when_the_job_succeeded_or_was_only_submitted(fake_clu
     out = submit("--no-wait")
     assert out.exit_code == 0, out.output
     assert "job raysubmit_fake PENDING" in out.output
+
+
+def test_credentials_are_forwarded_by_name_or_kept_here_with_no_forward_secrets(fake_cluster, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "mlflow-s3cret")
+    monkeypatch.setenv("LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY", "lakefs-s3cret")
+    client = fake_cluster("SUCCEEDED")
+    out = submit()
+    assert out.exit_code == 0, out.output
+    assert client.job["runtime_env"]["env_vars"]["MLFLOW_TRACKING_PASSWORD"] == "mlflow-s3cret"
+    assert "forwarding LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD" in out.output
+    assert "s3cret" not in out.output
+    client = fake_cluster("SUCCEEDED")
+    out = submit("--no-forward-secrets")
+    assert out.exit_code == 0, out.output
+    env_vars = client.job["runtime_env"]["env_vars"]
+    assert env_vars["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert not set(env_vars) & set(jobs.CREDENTIAL_ENV) and "forwarding" not in out.output

@@ -162,3 +162,23 @@ def test_a_ray_job_with_servers_for_tracking_and_data_needs_no_home(inside_a_ray
     monkeypatch.delenv("LAKEFS_ENDPOINT")
     with pytest.raises(JobHomeError, match="data store"):
         resolve_stack()
+
+
+def test_credentials_are_secret_and_never_saved():
+    cfg = RuntimeConfig.from_dict({
+        "lakefs": {"endpoint": "http://lakefs:8000", "access_key_id": "AKID", "secret_access_key": "lakefs-s3cret"},
+        "mlflow": {"username": "me", "password": "mlflow-s3cret"},
+        "qdrant_api_key": "qdrant-s3cret",
+    })
+    assert cfg.lakefs.credentials() == ("AKID", "lakefs-s3cret")
+    assert cfg.mlflow.password.get_secret_value() == "mlflow-s3cret"
+    for shown in (cfg.to_yaml(), repr(cfg), str(cfg.model_dump()), str(cfg.model_dump(mode="json"))):
+        assert "s3cret" not in shown
+    assert RuntimeConfig.from_dict(cfg.model_dump(mode="json")).lakefs.secret_access_key is None  # env applies
+
+
+def test_a_bad_secret_value_is_not_echoed_in_the_error():
+    with pytest.raises(ConfigError) as refused:
+        RuntimeConfig.from_dict({"lakefs": {"secret_access_key": 12345678}})
+    assert "lakefs.secret_access_key" in str(refused.value) and "12345678" not in str(refused.value)
+    assert "(a secret, not shown)" in str(refused.value)
