@@ -354,7 +354,8 @@ def _refuse_home_in_job_dir(home: Path, tracking: bool, data: bool) -> None:
         f"this Ray job would keep its {stores} in {home}, inside the job's temporary working directory, where "
         "no one finds them and Ray deletes them: set FABRIC_HOME to an absolute folder the cluster keeps (and "
         "MLFLOW_TRACKING_URI for a tracking server), e.g. ray job submit --runtime-env-json "
-        "'{\"env_vars\": {\"FABRIC_HOME\": \"/shared/fabric\"}}' ..., or use fabric submit, which forwards them"
+        "'{\"env_vars\": {\"FABRIC_HOME\": \"/shared/fabric\"}}' ... (fabric submit forwards both when they are "
+        "set where you submit)"
     )
 
 

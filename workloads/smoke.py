@@ -1,10 +1,11 @@
-"""Smoke workload: Ray Data + Ray Train on a scikit-learn dataset, logged to MLflow.
+r"""Smoke workload: Ray Data + Ray Train on a scikit-learn dataset, logged to MLflow.
 
 Runs the same code three ways:
 
     python -m workloads.smoke --config configs/smoke.yaml train.epochs=2
     fabric run smoke --config configs/smoke.yaml train.epochs=2
-    ray job submit --working-dir . -- python -m workloads.smoke --config configs/smoke.yaml train.epochs=2
+    RAY_AUTH_MODE=token ray job submit --working-dir . --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
+        -- python -m workloads.smoke --config configs/smoke.yaml train.epochs=2
 
 Steps: load the dataset into Ray Data, split it (seeded), standardise it with statistics of the training split,
 train a softmax classifier with ``TorchTrainer`` (a checkpoint per epoch), score the held-out split, and log the
