@@ -64,7 +64,8 @@ def snapshot(ctx: Context) -> StepResult:
     else:
         until = store.get_commit(ref.repo, ref_commit).metadata.get(LOG_UNTIL)
         reference_table = _read_table(store, ref.repo, ref_commit, ref.path)
-        fresh, holdout = _labelled_rows(cfg, label, float(until) if until else None)
+        features = [name for name in reference_table.schema.names if name != label]
+        fresh, holdout = _labelled_rows(cfg, label, features, float(until) if until else None)
         holdout.to_parquet(holdout_path, index=False)
         table = _append(reference_table, fresh)
         counts = {"reference_rows": reference_table.num_rows, "labelled_rows": len(fresh) + len(holdout),
@@ -104,32 +105,26 @@ def _read_table(store: Any, repo: str, ref: str, path: str) -> Any:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _labelled_rows(cfg: Any, label: str, after: float | None) -> tuple[Any, Any]:
-    """The window's labelled rows as features + label + time, split into (to commit, held out) by time."""
-    import pandas as pd
-
+def _labelled_rows(cfg: Any, label: str, features: list[str], after: float | None) -> tuple[Any, Any]:
+    """The window's labelled rows as features + label + time, split into (to commit, held out) by time; read with
+    the monitor's two-pass window reader (only the key columns of the whole log, then the chosen rows' features)."""
     from fabric.ct.config import parse_duration
-    from fabric.serve.inference_log import default_root, read_log
+    from fabric.monitor import MonitorError
+    from fabric.monitor.window import read_labelled
+    from fabric.serve.inference_log import default_root
 
     root = cfg.labels.log_root or default_root()
-    log = read_log(cfg.model, root=root)
-    if log.empty:
+    since = time.time() - parse_duration(cfg.labels.since) if cfg.labels.since else None
+    try:
+        rows = read_labelled(cfg.model, features, after=after, since=since, last=cfg.labels.last, root=root)
+    except MonitorError:
         raise CTError(f"the inference log of {cfg.model} under {root} is empty: serve the model with the inference "
-                      "log on (or set labels.log_root) and send labels to /v2/models/NAME/labels")
-    log = log[log["label"].notna()]
-    if after is not None:
-        log = log[log["time"] > after]  # rows an earlier run of a pipeline already committed
-    if cfg.labels.since:
-        log = log[log["time"] >= time.time() - parse_duration(cfg.labels.since)]
-    if cfg.labels.last:
-        log = log.tail(cfg.labels.last)
-    if len(log) < cfg.labels.min_rows:
-        raise CTError(f"only {len(log)} newly labelled rows of {cfg.model} in the window (labels.last="
+                      "log on (or set labels.log_root) and send labels to /v2/models/NAME/labels") from None
+    if len(rows) < cfg.labels.min_rows:
+        raise CTError(f"only {len(rows)} newly labelled rows of {cfg.model} in the window (labels.last="
                       f"{cfg.labels.last}, labels.since={cfg.labels.since}) under {root}; labels.min_rows is "
                       f"{cfg.labels.min_rows}")
-    rows = pd.DataFrame(list(log["inputs"]), index=log.index)
-    rows[label] = log["label"]
-    rows["time"] = log["time"]
+    rows = rows.rename(columns={"label": label})
     held = min(max(1, round(len(rows) * cfg.recent_holdout_fraction)), len(rows) - 1)
     return rows.iloc[:-held].reset_index(drop=True), rows.iloc[-held:].reset_index(drop=True)
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from fabric.ct.state import TERMINAL, CTError, list_runs, pipelines_root
+from fabric.files import atomic_write
 
 __all__ = ["due", "watch"]
 
@@ -79,9 +80,7 @@ def remember(name: str, head: str) -> None:
     """Records the watched branch's head as handled."""
     path = pipelines_root() / name / WATCH_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{WATCH_FILE}.tmp")
-    tmp.write_text(json.dumps({**_seen(name), "head": head, "seen_at": time.time()}))
-    tmp.replace(path)
+    atomic_write(path, json.dumps({**_seen(name), "head": head, "seen_at": time.time()}))
 
 
 def _seen(name: str) -> dict[str, Any]:

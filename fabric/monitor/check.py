@@ -95,9 +95,11 @@ def check(model: str, *, version: str | None = None, last: int | None = None, si
     snapshot = analysis.run(plan, window.current, ref.frame, labelled, timestamp=stamp, tags=["fabric"],
                             metadata={"model": model, "version": ref.version, "data_commit": ref.commit,
                                       "window": where, "rows": str(window.rows)})
-    found = analysis.figures(snapshot.dict(), plan)
+    snapshot_dict = snapshot.dict()
+    found = analysis.figures(snapshot_dict, plan)
     clock.lap("evidently")
-    html, json_path = reports.save_snapshot(snapshot, out_dir or reports.report_dir(model), ref.version, at)
+    html, json_path = reports.save_snapshot(snapshot, out_dir or reports.report_dir(model), ref.version, at,
+                                            snapshot_dict)
     clock.lap("files")
     result = CheckResult(
         model=model, version=ref.version, time=at, rows=window.rows, labelled_rows=window.labelled_rows,

@@ -11,11 +11,12 @@ and the quality of every check over time.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from fabric.files import locked
+from fabric.files import atomic_write, locked
 
 __all__ = ["EXPERIMENT", "add_to_workspace", "log_to_mlflow", "report_dir", "save_snapshot", "workspace_dir"]
 
@@ -36,8 +37,12 @@ def report_dir(model: str) -> Path:
     return fabric_home() / "monitor" / "reports" / model
 
 
-def save_snapshot(snapshot: Any, folder: str | Path, version: str, at: float) -> tuple[str, str]:
-    """Writes ``<UTC time>-v<version>.html`` and ``.json`` (``snapshot.dict()``) into ``folder``; returns both paths."""
+def save_snapshot(snapshot: Any, folder: str | Path, version: str, at: float,
+                  snapshot_dict: dict | None = None) -> tuple[str, str]:
+    """Writes ``<UTC time>-v<version>.html`` and ``.json`` (``snapshot.dict()``, or ``snapshot_dict`` when the
+    caller already has it) into ``folder``; returns both paths."""
+    from evidently.legacy.utils import NumpyEncoder
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}-v{version}"
@@ -47,7 +52,8 @@ def save_snapshot(snapshot: Any, folder: str | Path, version: str, at: float) ->
         stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}-v{version}-{n}"
     html, json_path = folder / f"{stem}.html", folder / f"{stem}.json"
     snapshot.save_html(str(html))
-    snapshot.save_json(str(json_path))
+    json_path.write_text(json.dumps(snapshot.dict() if snapshot_dict is None else snapshot_dict, cls=NumpyEncoder),
+                         encoding="utf-8")  # what snapshot.save_json writes
     return str(html), str(json_path)
 
 
@@ -107,19 +113,41 @@ def _experiment_id() -> str:
 
 def add_to_workspace(snapshot: Any, model: str, task: str) -> str:
     """Adds ``snapshot`` to the model's project in :func:`workspace_dir` (found by name, else created with a
-    dashboard of drift share and quality over time); returns the project id."""
-    from evidently.ui.workspace import Workspace
+    dashboard of drift share and quality over time); returns the project id.
+
+    Evidently's ``Workspace(path)`` parses every snapshot of every project when it opens, so a check would slow
+    down with each one before it. The project is found through the workspace's light file state instead, and the
+    snapshot file is written as ``Workspace.add_run`` writes it (``<project>/snapshots/<id>.json``, the
+    ``SnapshotModel``), atomically, so a running ``fabric monitor ui`` never reads half of it. Only the first
+    check of a model opens the full workspace, to create its project and dashboard.
+    """
+    from evidently.legacy.core import new_id
+    from evidently.legacy.utils import NumpyEncoder
+    from evidently.ui.storage.local.base import LocalState
 
     folder = workspace_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    state = LocalState(str(folder))
     with locked(folder / ".fabric.lock"):  # checks of several processes share the workspace
-        workspace = Workspace(str(folder))
-        project = next((p for p in workspace.list_projects() if p.name == model), None)
-        if project is None:
-            project = workspace.create_project(model, description=f"fabric monitoring checks of model {model}")
+        project_id = next((p for p in state.list_projects() if _project_name(state, p) == model), None)
+        if project_id is None:
+            from evidently.ui.workspace import Workspace
+
+            project = Workspace(str(folder)).create_project(
+                model, description=f"fabric monitoring checks of model {model}")
             _add_panels(project, task)
-        workspace.add_run(project.id, snapshot, include_data=False)
-    return str(project.id)
+            project_id = project.id
+    snapshots = folder / str(project_id) / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    atomic_write(snapshots / f"{new_id()}.json", json.dumps(snapshot.to_snapshot_model().dict(), cls=NumpyEncoder))
+    return str(project_id)
+
+
+def _project_name(state: Any, project_id: Any) -> str | None:
+    try:
+        return state.read_project(project_id).name
+    except (OSError, ValueError):  # a half-created or foreign folder
+        return None
 
 
 def _add_panels(project: Any, task: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from fabric.monitor.config import MonitorError, parse_span
 from fabric.serve.inference_log import INPUT_PREFIX, OUTPUT_PREFIX, log_files
 
-__all__ = ["Window", "read_window"]
+__all__ = ["Window", "read_labelled", "read_window"]
 
 
 @dataclass
@@ -93,6 +93,49 @@ def read_window(model: str, version: str, features: list[str], outputs: list[str
     labelled_frame["label"] = labels[np.searchsorted(labelled, labelled_sample)] if len(labelled_sample) else []
     return Window(current=frame.loc[in_sample].reset_index(drop=True), labelled=labelled_frame,
                   rows=len(chosen), labelled_rows=len(labelled), spec=spec, columns_read=columns)
+
+
+def read_labelled(model: str, features: list[str], *, after: float | None = None, since: float | None = None,
+                  last: int | None = None, root: str | None = None) -> Any:
+    """The logged rows of ``model`` (any version) whose labels arrived, as ``features`` + ``label`` + ``time``,
+    in log order: those logged after ``after`` and at or after ``since`` (unix times), the newest ``last`` of them.
+
+    The same two passes as :func:`read_window`: keys and times first (joined with the labels), then only the
+    ``features`` of the chosen rows from the files that hold them; a feature a file lacks reads as missing.
+    Continuous training builds its snapshot from this, so a log of millions of rows is never decoded whole.
+
+    Raises:
+        MonitorError: the model has no inference log yet.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    fs, paths = log_files(model, "predictions", root)
+    if not paths:
+        raise MonitorError(f"model {model!r} has no inference log yet under {root or 'the default log root'}")
+    fragments = list(ds.dataset(paths, filesystem=fs, format="parquet").get_fragments())
+    schemas = [f.physical_schema for f in fragments]
+    predicate = pc.field("time") > (-np.inf if after is None else after)
+    if since is not None:
+        predicate = predicate & (pc.field("time") >= since)
+    found = [f.to_table(columns=["time", "request_id", "row"], filter=predicate) for f in fragments]  # pass 1
+    counts = np.array([t.num_rows for t in found], dtype="int64")
+    _, label_paths = log_files(model, "labels", root)
+    positions, labels = _labelled(found, np.arange(counts.sum()), fs, label_paths)
+    times = np.concatenate([t["time"].to_numpy() for t in found])[positions] if len(positions) else np.empty(0)
+    order = np.argsort(times, kind="stable")  # ties: the later file, the later row
+    if last is not None:
+        order = order[-last:] if last > 0 else order[:0]
+    chosen = np.sort(positions[order])
+    columns = [f"{INPUT_PREFIX}{f}" for f in features]
+    frame = _take(fragments, schemas, counts, chosen, columns, predicate).to_pandas()  # pass 2
+    frame.columns = list(features)
+    by_position = np.searchsorted(positions, chosen)
+    frame["label"] = pd.Series(labels[by_position] if len(chosen) else [], dtype=labels.dtype)
+    frame["time"] = times[by_position] if len(chosen) else np.empty(0)
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
 
 def _sample(positions: Any, max_rows: int, rng: Any) -> Any:

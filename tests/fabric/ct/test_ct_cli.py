@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fabric.cli import app
 from fabric.config import ConfigError
-from fabric.ct import CTConfig, CTError, due, pipeline_status, run_pipeline
+from fabric.ct import CTConfig, CTError, due, pipeline_status, run_pipeline, watch
 from tests.fabric.ct.helpers import ct_dict, log_labelled_rows
 
 runner = CliRunner()
@@ -99,6 +99,14 @@ def test_watch_is_due_on_a_new_commit_of_its_branch_and_on_schedule(tmp_path):
     head = data.write("lakefs://ctwatch/main/table", frame.head(300), "second")
     job = due(cfg)
     assert job == {"trigger": f"data:{head[:12]}", "reference": f"lakefs://ctwatch/{head}/table", "head": head}
+
+    # The loop acts on it once: the run (here failing fast, model m has no champion) is recorded with its trigger,
+    # the head is remembered whatever the outcome, and the next look finds nothing new to do.
+    branch_only = cfg.model_copy(update={"triggers": cfg.triggers.model_copy(update={"schedule_s": None})})
+    [result] = watch(branch_only, once=True)
+    assert result["status"] == "failed" and "has no champion" in result["error"]
+    assert pipeline_status("ct-watch")["trigger"] == f"data:{head[:12]}"
+    assert due(branch_only) is None and watch(branch_only, once=True) == []
 
 
 def test_approval_mode_waits_for_fabric_models_approve_and_never_promotes_twice(tmp_path, cli_env):

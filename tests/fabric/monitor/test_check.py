@@ -206,7 +206,7 @@ def test_window_reads_last_n_or_a_time_span_from_many_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fabric.monitor.window import read_window
+    from fabric.monitor.window import read_labelled, read_window
     from fabric.serve.inference_log import InferenceLog, log_files, read_log, write_labels
 
     log = InferenceLog(str(tmp_path), flush_rows=10**9, flush_s=10**6)
@@ -252,6 +252,18 @@ def test_window_reads_last_n_or_a_time_span_from_many_files(tmp_path):
     assert recent.rows == 12 * 9 and recent.spec["since"] == "1h"
     assert recent.spec["to"] - recent.spec["from"] == 3600
     assert read_window("m", "2", ["a"], since="1h", root=str(tmp_path), now=time.time() + 7200).rows == 0
+
+    # continuous training's reader: labelled rows of any version, newest last, features a file lacks as missing
+    write_labels("m", [{"request_id": "r3-1", "row": 0, "label": 0}, {"request_id": "r3-1", "row": 0, "label": 1}],
+                 str(tmp_path))  # the later label wins
+    labelled = read_labelled("m", ["a", "c"], root=str(tmp_path))
+    assert labelled.columns.tolist() == ["a", "c", "label", "time"]
+    assert labelled["label"].tolist() == [0.0, 1.0, 1.0] and labelled["time"].is_monotonic_increasing
+    assert np.isnan(labelled["c"].iloc[0]) and labelled["a"].tolist() == [-1.0, 57.0, 212.0]  # old, r3-1, r11-4
+    assert labelled["c"].iloc[1:].tolist() == [28.5, 106.0]
+    assert read_labelled("m", ["a"], last=2, root=str(tmp_path))["a"].tolist() == [57.0, 212.0]
+    assert read_labelled("m", ["a"], after=1.0, root=str(tmp_path))["a"].tolist() == [57.0, 212.0]
+    assert read_labelled("m", ["a"], since=time.time() + 60, root=str(tmp_path)).empty
 
     decoded = read_log("m", root=str(tmp_path))  # both layouts, decoded as before
     assert decoded.columns.tolist() == ["request_id", "row", "time", "model", "version", "endpoint", "inputs",
