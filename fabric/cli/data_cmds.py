@@ -148,6 +148,20 @@ def head(
 
 
 @app.command()
+def gc(
+    repo: str = typer.Argument(..., help="Repository."),
+    grace: str = typer.Option("1h", "--grace", help="Keep anything younger than this: 90s, 30m, 1h, 2d or seconds."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, and its size; delete nothing."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Delete what writers killed mid-write left behind: unreferenced objects, orphan commits, temp files."""
+    from fabric import data
+
+    report = _call(data.gc, repo, grace_s=_call(_seconds, grace), dry_run=dry_run)
+    emit(report.to_dict(), as_json, lambda _: _gc_text(report))
+
+
+@app.command()
 def validate(
     uri: str = typer.Argument(..., help="lakefs://REPO/REF/PATH"),
     schema: Path = typer.Option(..., "--schema", help="YAML schema: columns, types, nulls, ranges, categories."),
@@ -167,6 +181,7 @@ def validate(
 
 
 def _load_table(file: Path) -> Any:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -174,11 +189,32 @@ def _load_table(file: Path) -> Any:
 
     if not file.is_file():
         raise DataError(f"file not found: {file}")
-    if file.suffix.lower() == ".parquet":
-        return pq.read_table(file)
-    if file.suffix.lower() in (".csv", ".tsv"):
-        return pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter="\t" if file.suffix == ".tsv" else ","))
-    raise DataError(f"{file} must be a .csv, .tsv or .parquet file")
+    suffix = file.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".parquet"):
+        raise DataError(f"{file} must be a .csv, .tsv or .parquet file")
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(file)
+        return pacsv.read_csv(file, parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
+    except (pa.ArrowException, OSError) as exc:  # empty, truncated or ragged files
+        raise DataError(f"cannot read {file} as {suffix[1:].upper()}: {exc}") from exc
+
+
+def _seconds(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``2d`` or a plain number of seconds."""
+    from fabric.data import DataError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise DataError(f"--grace takes a duration such as 90s, 30m, 1h or 2d, got {text!r}") from None
+
+
+def _gc_text(report: Any) -> str:
+    lines = [f"would delete {r.kind:<7} {r.bytes:>12,d} B  {r.path}" for r in report.removed] if report.dry_run else []
+    return "\n".join([*lines, report.summary()])
 
 
 def _parse_meta(items: list[str]) -> dict[str, str]:

@@ -10,11 +10,21 @@ Example (the CLI equivalents are ``fabric data put|read|branch|merge ...``)::
     ds = data.read("lakefs://iris/clean/raw")           # a ray.data.Dataset
     data.validate(ds, "configs/data/iris_schema.yaml")  # raises DataValidationError listing every broken rule
     data.merge("iris", "clean", into="main")
+    data.gc("iris")                                     # what writers killed with kill -9 left behind
 """
 
-from fabric.data.api import branch, create_if_missing, diff, head, init, log, merge, pin, read, resolve, tag, write
+from fabric.data.api import branch, create_if_missing, diff, gc, head, init, log, merge, pin, read, resolve, tag, write
 from fabric.data.backends import open_store
-from fabric.data.store import Change, Commit, DataError, MergeConflictError, NotFoundError, VersionStore
+from fabric.data.store import (
+    Change,
+    Commit,
+    DataError,
+    GCReport,
+    MergeConflictError,
+    NotFoundError,
+    Removed,
+    VersionStore,
+)
 from fabric.data.uri import DataURI
 from fabric.data.validation import DataSchema, DataValidationError, ValidationReport, validate
 
@@ -25,13 +35,16 @@ __all__ = [
     "DataSchema",
     "DataURI",
     "DataValidationError",
+    "GCReport",
     "MergeConflictError",
     "NotFoundError",
+    "Removed",
     "ValidationReport",
     "VersionStore",
     "branch",
     "create_if_missing",
     "diff",
+    "gc",
     "head",
     "init",
     "log",

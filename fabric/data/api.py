@@ -10,6 +10,8 @@ Python, with the CLI equivalent under each line::
     #   fabric data head lakefs://iris/clean/raw
     data.merge("iris", "clean", into="main")
     #   fabric data merge iris clean --into main
+    data.gc("iris", dry_run=True)  # what killed writers left behind, older than an hour
+    #   fabric data gc iris --dry-run
 
 Every function takes an optional ``store``; by default the runtime picks it (lakeFS when configured, else the
 local store under ``$FABRIC_HOME/data``).
@@ -17,17 +19,20 @@ local store under ``$FABRIC_HOME/data``).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fabric.data.backends import open_store
-from fabric.data.store import Change, Commit, DataError, NotFoundError, VersionStore
+from fabric.data.store import Change, Commit, DataError, GCReport, NotFoundError, VersionStore
 from fabric.data.uri import DataURI
 
-__all__ = ["branch", "create_if_missing", "diff", "head", "init", "log", "merge", "pin", "read", "resolve", "tag",
-           "write"]
+__all__ = ["branch", "create_if_missing", "diff", "gc", "head", "init", "log", "merge", "pin", "read", "resolve",
+           "tag", "write"]
 
 ROWS_PER_FILE = 1_000_000
 
@@ -43,15 +48,43 @@ def write(
     """Writes a pandas DataFrame, Arrow table or Ray Dataset as Parquet under the URI's path on its branch.
 
     Replaces whatever was under the path, in one commit; returns the new commit id. On any error the branch
-    does not move and no commit is left behind.
+    does not move and no commit is left behind. The files are staged in a temp folder that is removed on every
+    way out, SIGTERM and SIGINT included; after ``kill -9`` only :func:`gc` can remove it.
     """
+    from fabric.data.garbage import write_prefix
+
     target = DataURI.parse(uri)
     if not message or not message.strip():
         raise DataError("a commit needs a message")
     store = store or open_store()
-    with tempfile.TemporaryDirectory(prefix="fabric-write-") as tmp:
+    with _signals_unwind(), tempfile.TemporaryDirectory(prefix=write_prefix(target.repo)) as tmp:
         _write_parquet(data, Path(tmp))
         return store.commit_files(target.repo, target.ref, target.path, Path(tmp), message, metadata or {})
+
+
+def gc(repo: str, grace_s: float | None = None, dry_run: bool = False, store: VersionStore | None = None
+       ) -> GCReport:
+    """Deletes what writers killed mid-write left behind, once it is older than ``grace_s`` seconds (an hour).
+
+    That is objects no branch or tag reaches, commits no branch or tag reaches, partial temp files, and the temp
+    folders of this repository's writers that are gone (``$TMPDIR/fabric-write-*``), as lakeFS's garbage
+    collection does. Holds the store's lock, so it never races a writer. ``dry_run`` lists and deletes nothing.
+
+    Example:
+        >>> data.gc("iris", dry_run=True).summary()
+        'iris: would remove 3 objects, 1 commits, 2 temp files or folders: 41.2 MB would be freed'
+        #   fabric data gc iris --dry-run
+    """
+    from fabric.data import garbage
+
+    grace_s = garbage.DEFAULT_GRACE_S if grace_s is None else grace_s
+    if grace_s < 0:
+        raise DataError(f"the grace period must be 0 seconds or more, got {grace_s}")
+    report = (store or open_store()).collect_garbage(repo, grace_s, dry_run=dry_run)
+    folders = garbage.stale_write_folders(repo, grace_s)
+    if not dry_run:
+        garbage.remove(folders)
+    return GCReport(repo, dry_run, report.removed + folders, report.note)
 
 
 def read(uri: str, store: VersionStore | None = None, columns: list[str] | None = None, **ray_kwargs: Any) -> Any:
@@ -73,16 +106,13 @@ def read(uri: str, store: VersionStore | None = None, columns: list[str] | None 
 
 
 def head(uri: str, n: int = 5, store: VersionStore | None = None) -> Any:
-    """The first ``n`` rows as a pandas DataFrame, read with pyarrow (no Ray needed)."""
+    """The first ``n`` rows as a pandas DataFrame, read with pyarrow in this thread (no Ray needed)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     fs, paths = _files(uri, store)
     tables, rows = [], 0
     for path in paths:
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle)
-        tables.append(table.slice(0, n - rows))
+        tables.append(_first_rows(fs, path, n - rows))
         rows += tables[-1].num_rows
         if rows >= n:
             break
@@ -156,6 +186,49 @@ def _files(uri: str, store: VersionStore | None) -> tuple[Any, list[str]]:
     if not paths:
         raise NotFoundError(f"no files under {target.path!r} at {target.ref!r} in repository {target.repo!r}")
     return fs, paths
+
+
+def _first_rows(fs: Any, path: str, n: int) -> Any:
+    """Up to ``n`` rows of one Parquet file as an Arrow table, read and decoded in this thread only.
+
+    Not ``pq.read_table(handle)``: on a Python file object its scanner leaves work on Arrow's thread pool after it
+    returns, and a pool thread that frees the last buffer read from the file while the interpreter exits takes the
+    GIL of a finalised interpreter, so the process aborts ("terminate called without an active exception") after
+    printing the rows (apache/arrow#34314). Without pre-buffering or threads no pool thread ever holds such a
+    buffer, and only the first ``n`` rows are decoded.
+    """
+    import contextlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as parquet:
+        with contextlib.closing(parquet.iter_batches(batch_size=n, use_threads=False)) as batches:
+            first = next(batches, None)
+        return parquet.schema_arrow.empty_table() if first is None else pa.Table.from_batches([first])
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """Turns SIGTERM and SIGHUP into SystemExit for the block (SIGINT already raises), so ``finally`` clauses and
+    context managers run: a terminated writer removes its temp folder. Only in the main thread, where Python runs
+    signal handlers, and only for signals nobody else handles."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(sig, unwind)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_parquet(data: Any, folder: Path) -> None:

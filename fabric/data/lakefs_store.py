@@ -27,7 +27,7 @@ import urllib3.exceptions
 from lakefs.reference import generate_listing
 from lakefs_spec import LakeFSFileSystem
 
-from fabric.data.store import Change, Commit, DataError, MergeConflictError, NotFoundError
+from fabric.data.store import Change, Commit, DataError, GCReport, MergeConflictError, NotFoundError
 
 __all__ = ["LakeFSStore"]
 
@@ -114,6 +114,14 @@ class LakeFSStore:
         with self._errors(repo):
             refs = generate_listing(self._client.sdk_client.branches_api.list_branches, repo)
             return {ref.id: ref.commit_id for ref in refs if not ref.id.startswith(TX_BRANCH_PREFIX)}
+
+    def collect_garbage(self, repo: str, grace_s: float, dry_run: bool = False) -> GCReport:
+        """Removes nothing: lakeFS deletes unreferenced objects itself, by the repository's GC rules."""
+        with self._errors(repo), lx.api_exception_handler():
+            self._client.sdk_client.repositories_api.get_repository(repo)
+        return GCReport(repo, dry_run, note=(
+            f"lakeFS at {self.endpoint} collects this repository's objects itself: set retention rules with "
+            f"`lakectl gc set-config lakefs://{repo}` and run its garbage collection job"))
 
     # -- commits ---------------------------------------------------------------------------------------------------
     def resolve(self, repo: str, ref: str) -> str:

@@ -10,25 +10,25 @@ Layout of one repository under the store's root::
       refs/tags/<name>             the commit id a tag points at (fixed)
       lock                         serialises ref updates (fcntl)
 
-A commit id is the SHA-256 of the commit's content. A write copies new files into ``objects/``, then, holding
-the repository lock, writes the commit and moves the branch with an atomic rename. Any error undoes all of it:
-the branch stays where it was and no commit or object is left behind.
+A commit id is the SHA-256 of the commit's content. A write, holding the repository lock, copies new files into
+``objects/``, writes the commit and moves the branch, each file synced to disk before the atomic rename that
+names it, so no commit ever names an object that a crash lost. Any error undoes all of it: the branch stays where
+it was and no commit or object is left behind. A writer killed with ``kill -9`` cannot undo anything: what it
+leaves is removed by :meth:`LocalStore.collect_garbage` (``fabric data gc``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from fabric.data.store import Change, Commit, DataError, MergeConflictError, NotFoundError
-from fabric.files import atomic_write, locked
+from fabric.data.store import Change, Commit, DataError, GCReport, MergeConflictError, NotFoundError
+from fabric.files import atomic_copy, atomic_write, locked
 
 __all__ = ["LocalStore"]
 
@@ -202,6 +202,18 @@ class LocalStore:
                 return commit.id
         raise DataError(f"refs {left!r} and {right!r} of {repo!r} share no history")
 
+    # garbage collection
+
+    def collect_garbage(self, repo: str, grace_s: float, dry_run: bool = False) -> GCReport:
+        from fabric.data import garbage
+
+        folder = self._repo(repo)
+        with self._locked(repo):  # writers add objects, commits and ref moves under it: none is half-done now
+            removed = garbage.collect_repo(folder, grace_s)
+            if not dry_run:
+                garbage.remove(removed)
+        return GCReport(repo, dry_run, removed)
+
     # internals
 
     def _repo(self, repo: str) -> Path:
@@ -244,9 +256,7 @@ class LocalStore:
         target = self._repo(repo) / "objects" / name[:2] / name
         if not target.exists():
             target.parent.mkdir(exist_ok=True)
-            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
+            atomic_copy(file, target)
             added.append(target)
         return name
 

@@ -16,8 +16,10 @@ __all__ = [
     "Change",
     "Commit",
     "DataError",
+    "GCReport",
     "MergeConflictError",
     "NotFoundError",
+    "Removed",
     "VersionStore",
 ]
 
@@ -61,6 +63,47 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """One file or folder that garbage collection deletes (or, in a dry run, would delete)."""
+
+    path: str
+    kind: Literal["object", "commit", "temp"]
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GCReport:
+    """What one garbage collection of a repository deleted, or would delete when ``dry_run``."""
+
+    repo: str
+    dry_run: bool
+    removed: list[Removed] = field(default_factory=list)
+    note: str = ""  # what this backend leaves to someone else (lakeFS collects its own objects)
+
+    def count(self, kind: str) -> int:
+        return sum(item.kind == kind for item in self.removed)
+
+    @property
+    def bytes(self) -> int:
+        return sum(item.bytes for item in self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo, "dry_run": self.dry_run, "objects": self.count("object"),
+                "commits": self.count("commit"), "temp": self.count("temp"), "bytes": self.bytes,
+                "removed": [item.to_dict() for item in self.removed], "note": self.note}
+
+    def summary(self) -> str:
+        """One line, e.g. ``removed 3 objects, 1 commits, 2 temp files or folders: 41.2 MB freed``."""
+        verb, freed = ("would remove", "would be freed") if self.dry_run else ("removed", "freed")
+        line = (f"{self.repo}: {verb} {self.count('object')} objects, {self.count('commit')} commits, "
+                f"{self.count('temp')} temp files or folders: {self.bytes / 1e6:.1f} MB {freed}")
+        return f"{line}\n{self.note}" if self.note else line
 
 
 class VersionStore(Protocol):
@@ -115,3 +158,7 @@ class VersionStore(Protocol):
 
     def list_branches(self, repo: str) -> dict[str, str]:
         """Branch names to the commit ids they point at."""
+
+    def collect_garbage(self, repo: str, grace_s: float, dry_run: bool = False) -> GCReport:
+        """Deletes what no branch or tag can reach (objects, orphan commits) and stale temp files, once older than
+        ``grace_s`` seconds; never what a running writer may still need. ``dry_run`` only lists it."""

@@ -91,3 +91,29 @@ def test_merge_conflict_is_reported_and_changes_nothing(run, csv_v1, tmp_path):
 def test_bad_input_is_a_clear_error(run, args, message):
     out = run(*args, ok=False)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", "cannot read empty.csv as CSV: Empty CSV file"),
+        ("ragged.csv", "a,b\n1,2\n3,4,5\n", "cannot read ragged.csv as CSV: CSV parse error: Expected 2 columns"),
+        ("broken.parquet", "not parquet", "cannot read broken.parquet as PARQUET"),
+    ],
+)
+def test_an_unreadable_file_is_an_error_naming_it(run, tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    out = run("put", "lakefs://unread/main/t", name, "-m", "m", ok=False)
+    assert out.returncode == 2 and f"error: {message}" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_head_exits_zero_every_time(run, csv_v1):
+    """`fabric data head` used to abort now and then (SIGABRT) after printing the right rows: Arrow freed a buffer
+    of the file on its own thread while the interpreter exited. `python bench/cli_exit.py` runs it 200 times."""
+    repo = f"r{uuid.uuid4().hex[:8]}"
+    run("init", repo)
+    run("put", f"lakefs://{repo}/main/scores", str(csv_v1), "-m", "v1")
+    runs = [run("head", f"lakefs://{repo}/main/scores", "--json", ok=False) for _ in range(20)]
+    assert [(out.returncode, out.stderr) for out in runs if out.returncode] == []
+    assert all(json.loads(out.stdout)[0] == {"id": 1, "score": 0.5, "kind": "a"} for out in runs)

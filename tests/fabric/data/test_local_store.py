@@ -103,3 +103,21 @@ def test_create_if_missing_writes_once_and_then_leaves_the_data_alone(tmp_path):
     assert data.log("lakefs://fresh/main", store=store)[0].metadata == {"source": "test"}
     assert data.create_if_missing("lakefs://fresh/main/t", make, "Create t again", store=store) is None
     assert len(calls) == 1 and data.head("lakefs://fresh/main/t", store=store)["x"].tolist() == [1, 2, 3]
+
+
+def test_objects_are_synced_to_disk_before_the_commit_that_names_them(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path)
+    data.init("sync", store=store)
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    frame = pd.DataFrame({"x": range(10)})
+    commit = data.write("lakefs://sync/main/t", frame, "synced", store=store)
+    commit_synced = next(i for i, path in enumerate(synced) if f"/commits/.{commit}.json." in path)
+    for name in store._tree("sync", commit).values():
+        assert any(f"/objects/{name[:2]}/.{name}." in path for path in synced[:commit_synced]), name

@@ -193,3 +193,16 @@ def test_unknown_repo_and_ref_are_named(store, repo):
         data.head(f"lakefs://{repo}/no-such-branch/table", store=store)
     with pytest.raises(NotFoundError, match="no files under 'missing'"):
         data.head(f"lakefs://{repo}/main/missing", store=store)
+
+
+def test_gc_of_a_healthy_repository_removes_nothing(store, repo, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no other test's writers in sight
+    data.write(f"lakefs://{repo}/main/table", frame(1), "v1", store=store)
+    data.branch(repo, "side", source="main", store=store)
+    report = data.gc(repo, grace_s=0, store=store)
+    assert report.removed == [] and not report.dry_run
+    pd.testing.assert_frame_equal(data.head(f"lakefs://{repo}/side/table", n=20, store=store), frame(1))
+    with pytest.raises(NotFoundError, match="repository 'no-such-repo'"):
+        data.gc("no-such-repo", store=store)
