@@ -15,7 +15,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from fabric.runtime import RuntimeConfig, cached_models, locate_home, resolve_stack
+from fabric.home import locate_home
+from fabric.runtime import RuntimeConfig, cached_models, resolve_stack
 
 HOME_SOURCES = {
     "env": "FABRIC_HOME is set",

@@ -12,11 +12,9 @@ data       local versioned store ``$FABRIC_HOME/data``        lakeFS (``LAKEFS_E
 models     cache under ``$FABRIC_HOME/models``                same cache, filled by ``fabric llm pull``
 ========== ================================================ ==========================================
 
-The home is found as git finds ``.git``: ``$FABRIC_HOME`` when set, else the nearest ``.fabric`` in the working
-directory or a folder above it, else a new ``.fabric`` in the working directory. Inside a Ray job the working
-directory is a temporary upload folder, so there an unset ``FABRIC_HOME`` is refused (:class:`JobHomeError`)
-rather than filling a folder Ray deletes. Heavy libraries are imported inside the functions that need them, so
-importing this module is cheap.
+The home is found as git finds ``.git`` (:mod:`fabric.home`); inside a Ray job, a home in the job's temporary
+upload folder is refused (:class:`JobHomeError`) rather than filling a folder Ray deletes. Heavy libraries are
+imported inside the functions that need them, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -29,9 +27,9 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from fabric.config import ConfigError, FabricConfig, Field
+from fabric.home import JobHomeError, fabric_home, locate_home, refuse_home_in_job_dir
 
 __all__ = [
-    "HOME_DIR",
     "JobHomeError",
     "LakeFSConfig",
     "MlflowConfig",
@@ -137,35 +135,6 @@ class Stack:
         return asdict(self)
 
 
-HOME_DIR = ".fabric"
-
-
-class JobHomeError(ConfigError):
-    """A Ray job would keep its tracking or data store in its temporary working directory."""
-
-
-def locate_home() -> tuple[Path, str]:
-    """The fabric home and why it is that one: ``env`` (``$FABRIC_HOME``), ``found`` (the nearest ``.fabric`` in
-    the working directory or a folder above it, as git finds ``.git``) or ``new`` (``./.fabric``, not made yet).
-
-    Example:
-        >>> locate_home()  # run from a subfolder of a project that has a .fabric
-        (PosixPath('/work/project/.fabric'), 'found')
-    """
-    if os.environ.get("FABRIC_HOME"):
-        return Path(os.environ["FABRIC_HOME"]).resolve(), "env"
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        if (folder / HOME_DIR).is_dir():
-            return folder / HOME_DIR, "found"
-    return cwd / HOME_DIR, "new"
-
-
-def fabric_home() -> Path:
-    """The folder that holds everything embedded (see :func:`locate_home`)."""
-    return locate_home()[0]
-
-
 def resolve_stack(cfg: RuntimeConfig | None = None) -> Stack:
     """Decides, without starting anything, where each part of the stack runs.
 
@@ -189,7 +158,7 @@ def resolve_stack(cfg: RuntimeConfig | None = None) -> Stack:
             "runtime.data_backend is 'lakefs' but no endpoint is set: set runtime.lakefs.endpoint or LAKEFS_ENDPOINT"
         )
     if not tracking or backend == "local":
-        _refuse_home_in_job_dir(home, tracking is None, backend == "local")
+        refuse_home_in_job_dir(home, tracking is None, backend == "local")
     return Stack(
         home=str(home),
         ray_address=ray_address,
@@ -330,33 +299,6 @@ def _create_embedded_store(stack: Stack) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     SqlAlchemyStore(stack.mlflow_tracking_uri, stack.mlflow_artifact_root)
-
-
-def _ray_job_dir() -> Path | None:
-    """The working directory of the Ray job this process is the driver (or a worker) of; None outside a job.
-
-    Ray 2.60's job supervisor gives the driver ``RAY_JOB_CONFIG_JSON_ENV_VAR``, and runs it in the job's
-    ``working_dir`` unpacked under the session's ``runtime_resources`` folder, which Ray deletes later.
-    """
-    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        return None
-    cwd = Path.cwd().resolve()
-    return cwd if "runtime_resources" in cwd.parts else None
-
-
-def _refuse_home_in_job_dir(home: Path, tracking: bool, data: bool) -> None:
-    job_dir = _ray_job_dir()
-    if job_dir is None or not home.is_relative_to(job_dir):
-        return
-    stores = " and ".join(name for name, embedded in (("MLflow tracking store", tracking), ("data store", data))
-                          if embedded)
-    raise JobHomeError(
-        f"this Ray job would keep its {stores} in {home}, inside the job's temporary working directory, where "
-        "no one finds them and Ray deletes them: set FABRIC_HOME to an absolute folder the cluster keeps (and "
-        "MLFLOW_TRACKING_URI for a tracking server), e.g. ray job submit --runtime-env-json "
-        "'{\"env_vars\": {\"FABRIC_HOME\": \"/shared/fabric\"}}' ... (fabric submit forwards both when they are "
-        "set where you submit)"
-    )
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -11,7 +11,6 @@ from fabric.runtime import (
     JobHomeError,
     RuntimeConfig,
     cached_models,
-    locate_home,
     qdrant_client,
     resolve_stack,
     setup_mlflow,
@@ -86,19 +85,6 @@ def test_cached_models_lists_folders_with_a_config(fabric_home):
     (fabric_home / "models" / "org" / "tiny" / "config.json").write_text("{}")
     (fabric_home / "models" / "empty").mkdir(parents=True)
     assert cached_models() == ["org/tiny"]
-
-
-def test_home_is_found_in_an_enclosing_folder_as_git_finds_dot_git(tmp_path, monkeypatch):
-    monkeypatch.delenv("FABRIC_HOME")
-    (tmp_path / "project" / ".fabric").mkdir(parents=True)
-    (tmp_path / "project" / "src" / "deep").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "project" / "src" / "deep")
-    assert locate_home() == (tmp_path / "project" / ".fabric", "found")
-    assert resolve_stack().data_location == str(tmp_path / "project" / ".fabric" / "data")
-    monkeypatch.chdir(tmp_path)  # nothing here or above: a new home in the current folder
-    assert locate_home() == (tmp_path / ".fabric", "new")
-    monkeypatch.setenv("FABRIC_HOME", str(tmp_path / "elsewhere"))
-    assert locate_home() == (tmp_path / "elsewhere", "env")
 
 
 @pytest.fixture
