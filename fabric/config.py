@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from typing_extensions import Self
 
-__all__ = ["ConfigError", "FabricConfig", "Field", "apply_override", "load_yaml"]
+__all__ = ["ConfigError", "FabricConfig", "Field", "apply_override", "is_secret_key", "load_yaml"]
 
 
 class ConfigError(ValueError):
@@ -108,6 +108,8 @@ def _describe(cls: type[BaseModel], err: dict[str, Any], origins: dict[tuple[str
     loc = tuple(str(part) for part in err["loc"])
     field = ".".join(loc) or "(top level)"
     origin = origins.get(loc)
+    if origin and is_secret_key(cls, field):
+        origin = f"{field}=..."
     via = f" (from override {origin!r})" if origin else ""
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(cls, loc[:-1])
@@ -115,14 +117,14 @@ def _describe(cls: type[BaseModel], err: dict[str, Any], origins: dict[tuple[str
         return f"  {field}: unknown key{via}{hint}"
     if err["type"] == "missing":
         return f"  {field}: required field is missing"
-    got = "(a secret, not shown)" if _is_secret(cls, loc) else repr(err.get("input"))
+    got = "(a secret, not shown)" if is_secret_key(cls, field) else repr(err.get("input"))
     return f"  {field}: {err['msg']}; got {got}{via}"
 
 
-def _is_secret(cls: type[BaseModel], loc: tuple[str, ...]) -> bool:
-    """Whether ``loc`` is (inside) a ``SecretStr`` field, whose bad value must not be echoed."""
+def is_secret_key(cls: type[BaseModel], key: str) -> bool:
+    """Whether the dotted ``key`` of ``cls`` is a ``SecretStr`` field, whose value must not be echoed or saved."""
     model: Any = cls
-    for part in loc:
+    for part in key.split("."):
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return False

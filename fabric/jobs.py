@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fabric.config import ConfigError
+from fabric.config import ConfigError, is_secret_key
 from fabric.workload import is_path_ref, load_workload
 
 __all__ = [
@@ -123,6 +123,12 @@ def submit(
     overrides = list(overrides)
     workload = load_workload(ref)
     cfg = workload.load_config(config_path, overrides)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if is_secret_key(workload.config_cls, key):
+            raise ConfigError(f"{key}: a secret in an override would be on the job's command line, which the Ray "
+                              "dashboard shows; set its variable where you submit instead (LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY, "
+                              "MLFLOW_TRACKING_PASSWORD, QDRANT_API_KEY)")
     runtime = getattr(cfg, "runtime", None)
     root = Path.cwd()
     entrypoint = build_entrypoint(ref, config_path, overrides, root)

@@ -87,3 +87,11 @@ def test_credentials_are_forwarded_by_name_or_kept_here_with_no_forward_secrets(
     env_vars = client.job["runtime_env"]["env_vars"]
     assert env_vars["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert not set(env_vars) & set(jobs.CREDENTIAL_ENV) and "forwarding" not in out.output
+
+
+def test_a_secret_override_is_refused_before_it_reaches_the_job_command_line(fake_cluster):
+    client = fake_cluster("SUCCEEDED")
+    out = submit("runtime.lakefs.secret_access_key=lakefs-s3cret")
+    assert out.exit_code == 2
+    assert "error: runtime.lakefs.secret_access_key: a secret in an override" in out.output
+    assert "s3cret" not in out.output and not hasattr(client, "job")

@@ -168,3 +168,6 @@ def test_a_bad_secret_value_is_not_echoed_in_the_error():
         RuntimeConfig.from_dict({"lakefs": {"secret_access_key": 12345678}})
     assert "lakefs.secret_access_key" in str(refused.value) and "12345678" not in str(refused.value)
     assert "(a secret, not shown)" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        RuntimeConfig.from_yaml(None, ["mlflow.password=12345678"])
+    assert "(from override 'mlflow.password=...')" in str(refused.value) and "12345678" not in str(refused.value)
