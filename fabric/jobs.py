@@ -127,8 +127,8 @@ def submit(
         key = item.partition("=")[0].strip()
         if is_secret_key(workload.config_cls, key):
             raise ConfigError(f"{key}: a secret in an override would be on the job's command line, which the Ray "
-                              "dashboard shows; set its variable where you submit instead (LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY, "
-                              "MLFLOW_TRACKING_PASSWORD, QDRANT_API_KEY)")
+                              "dashboard shows; set its variable where you submit instead "
+                              "(LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, QDRANT_API_KEY)")
     runtime = getattr(cfg, "runtime", None)
     root = Path.cwd()
     entrypoint = build_entrypoint(ref, config_path, overrides, root)
