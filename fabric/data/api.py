@@ -71,9 +71,8 @@ def gc(repo: str, grace_s: float | None = None, dry_run: bool = False, store: Ve
     collection does. Holds the store's lock, so it never races a writer. ``dry_run`` lists and deletes nothing.
 
     Example:
-        >>> data.gc("iris", dry_run=True).summary()
+        >>> data.gc("iris", dry_run=True).summary()  # fabric data gc iris --dry-run
         'iris: would remove 3 objects, 1 commits, 2 temp files or folders: 41.2 MB would be freed'
-        #   fabric data gc iris --dry-run
     """
     from fabric.data import garbage
 
