@@ -135,9 +135,9 @@ def _from_mlflow(uri: str, cache: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from fabric.registry import _client
+    from fabric.registry import mlflow_client
 
-    client = _client()  # the configured tracking store, else fabric's embedded one
+    client = mlflow_client()  # the configured tracking store, else fabric's embedded one
     key = uri
     alias = re.match(r"^models:/([^/@]+)@(.+)$", uri)
     try:

@@ -20,9 +20,9 @@ class PromptError(ValueError):
 
 
 def _genai() -> Any:
-    from fabric.registry import _client
+    from fabric.registry import mlflow_client
 
-    _client()  # points MLflow at the configured store when nothing has yet
+    mlflow_client()  # points MLflow at the configured store when nothing has yet
     import mlflow.genai
 
     return mlflow.genai

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fabric.config import Field
+from fabric.tabular.tables import load_frame
 from fabric.workload import WorkloadConfig, run_module
 
 
@@ -33,18 +34,6 @@ def main(cfg: Config) -> dict[str, Any]:
     commit = data.write(cfg.uri, frame, cfg.message, metadata={"source": f"sklearn.{cfg.dataset}"}, store=store)
     print(f"[ingest] {len(frame)} rows of {cfg.dataset} committed to {cfg.uri} as {commit}", flush=True)
     return {"uri": cfg.uri, "commit": commit, "rows": len(frame), "columns": len(frame.columns)}
-
-
-def load_frame(dataset: str) -> Any:
-    """The table with snake_case feature columns and an int ``label`` column."""
-    import pandas as pd
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{dataset}")()
-    names = [str(name).replace(" ", "_") for name in getattr(bunch, "feature_names", range(bunch.data.shape[1]))]
-    frame = pd.DataFrame(bunch.data.astype("float64"), columns=names)
-    frame["label"] = bunch.target.astype("int64")
-    return frame
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def run(story: Story, quick: bool) -> dict[str, Any]:
 
 def _data(story: Story) -> tuple[Any, str]:
     from fabric import data
-    from workloads.ingest_sklearn import load_frame
+    from fabric.tabular.tables import load_frame
 
     uri = "lakefs://demo/main/breast_cancer"
     frame = load_frame("breast_cancer")

@@ -53,7 +53,7 @@ def bootstrap_if_missing(cfg: DataConfig, store: Any) -> str | None:
     Returns the new commit id, or None when the data was already there (or no ``create_from`` is set).
     """
     from fabric import data
-    from workloads.ingest_sklearn import load_frame
+    from fabric.tabular.tables import load_frame
 
     if not cfg.create_from:
         return None

@@ -4,7 +4,7 @@ It is the model ``train_tabular`` logs for ``model_type: linear`` (same folder, 
 this process instead of by Ray Train::
 
     from fabric.tabular.sample import register_linear
-    from workloads.ingest_sklearn import load_frame
+    from fabric.tabular.tables import load_frame
 
     version = register_linear(load_frame("breast_cancer"), "demo-bc", steps=100)   # MLflow set up
 """

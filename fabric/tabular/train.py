@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.tabular.config import TabularConfig
+from fabric.tabular.models import model_kind
 from fabric.tabular.prepare import Prepared
 from fabric.training import checkpoint_storage
 
@@ -67,13 +68,7 @@ def build_trainer(cfg: TabularConfig, prepared: Prepared, config: dict[str, Any]
         datasets={"train": prepared.train, "valid": prepared.valid},
         dataset_config=DataConfig(datasets_to_split=["train"]),  # every worker validates on all validation rows
     )
-    if cfg.model.type == "xgboost":
-        from ray.train.xgboost import XGBoostTrainer
-
-        return XGBoostTrainer(xgboost_loop, **kwargs)
-    from ray.train.torch import TorchTrainer
-
-    return TorchTrainer(torch_loop, **kwargs)
+    return model_kind(cfg.model.type).trainer(**kwargs)
 
 
 def _mlflow_logger(config: dict[str, Any]) -> Any:
@@ -264,14 +259,7 @@ def xgboost_loop(config: dict[str, Any]) -> None:
 
 def load_checkpoint(cfg: TabularConfig, prepared: Prepared, checkpoint: Any) -> tuple[dict[str, Any], Any]:
     """The ``(meta, model)`` of a trainer's checkpoint, on this machine's CPU."""
-    from fabric.tabular.models import load_model_dir
-
-    if cfg.model.type == "xgboost":
-        from ray.train.xgboost import RayTrainReportCallback
-
-        return prepared.meta(cfg), RayTrainReportCallback.get_model(checkpoint)
-    with checkpoint.as_directory() as folder:
-        return load_model_dir(folder)
+    return model_kind(cfg.model.type).from_checkpoint(prepared.meta(cfg), checkpoint)
 
 
 def finish(cfg: TabularConfig, prepared: Prepared, meta: dict[str, Any], model: Any) -> dict[str, Any]:
@@ -307,7 +295,7 @@ def finish(cfg: TabularConfig, prepared: Prepared, meta: dict[str, Any], model: 
         if parity > 1e-6:
             raise ParityError(f"the logged pyfunc differs from the trained model by up to {parity:g}")
         onnx_diff = None
-        if cfg.export_onnx and meta["model_type"] != "xgboost":
+        if cfg.export_onnx and model_kind(meta["model_type"]).exports_onnx:
             onnx_diff = export_onnx(model, x.to_numpy("float32"), Path(tmp) / "model.onnx")
             mlflow.log_artifact(str(Path(tmp) / "model.onnx"), "onnx")
             mlflow.log_metric("onnx_parity_max_abs_diff", onnx_diff)

@@ -63,6 +63,7 @@ def tune(cfg: TuneTabularConfig, run_name: str = "tune_tabular") -> dict[str, An
     from ray.train import Checkpoint
 
     from fabric import data
+    from fabric.tabular.models import model_kind
     from fabric.tabular.pipeline import data_tags
     from fabric.tabular.prepare import bootstrap_if_missing, prepare
     from fabric.tabular.train import finish, load_checkpoint
@@ -72,7 +73,7 @@ def tune(cfg: TuneTabularConfig, run_name: str = "tune_tabular") -> dict[str, An
     store = data.open_store(cfg.runtime)
     bootstrap_if_missing(cfg.data, store)
     base = TabularConfig.from_dict(cfg.model_dump(exclude={"tune", "workload"})).model_dump(mode="json")
-    max_t = cfg.model.num_boost_round if cfg.model.type == "xgboost" else cfg.train.epochs
+    max_t = model_kind(cfg.model.type).rounds(cfg)
     with start_run(cfg, run_name=run_name) as run:
         prepared = prepare(cfg, store)
         mlflow.set_tags(data_tags(prepared))

@@ -34,10 +34,10 @@ def adapter_folder(adapter: str, base_source: str, cache: Path) -> Path:
     """The local peft folder of a registered adapter; 404 if it is not registered, 400 if for another base."""
     from mlflow.exceptions import MlflowException
 
-    from fabric.registry import _client
+    from fabric.registry import mlflow_client
 
     name, _, version = adapter.partition("/")
-    client = _client()
+    client = mlflow_client()
     try:
         if not version:
             versions = client.search_model_versions(f"name='{name}'")

@@ -23,6 +23,7 @@ def api_result(ray_session):
     return workload.run(workload.load_config(ROOT / "configs" / "smoke.yaml", TINY))
 
 
+@pytest.mark.slow
 def test_python_api_trains_scores_and_logs(api_result):
     assert api_result["dataset"] == "wine" and api_result["epochs"] == 2
     assert api_result["train_rows"] + api_result["test_rows"] == 178
@@ -60,6 +61,7 @@ def versioned(ray_session):
     return ingest.run(cfg)
 
 
+@pytest.mark.slow
 def test_versioned_run_validates_and_records_the_commit(versioned):
     assert versioned["rows"] == 569 and len(versioned["commit"]) == 64
     from fabric import data
@@ -76,6 +78,7 @@ def test_versioned_run_validates_and_records_the_commit(versioned):
     assert result["test_accuracy"] > 0.8
 
 
+@pytest.mark.slow
 def test_versioned_run_stops_on_bad_data_before_training(versioned, tmp_path):
     from fabric import data
 
