@@ -36,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fabric.cluster import SharedStorageError, check_shared_storage
 from fabric.config import ConfigError, FabricConfig, Field, load_yaml
 from fabric.runtime import RuntimeConfig, init_ray, resolve_stack, setup_mlflow
 
@@ -89,8 +90,6 @@ class Workload:
         anything is written to the job's temporary working directory; on a cluster of several nodes, an embedded
         store that some node cannot see fails next (:class:`fabric.cluster.SharedStorageError`), before any work.
         """
-        from fabric.cluster import check_shared_storage
-
         runtime = getattr(cfg, "runtime", None) or RuntimeConfig()
         stack = resolve_stack(runtime)
         init_ray(runtime.ray)
@@ -150,7 +149,11 @@ def run_module(module_name: str, argv: list[str] | None = None) -> Any:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    result = workload.run(cfg)
+    try:
+        result = workload.run(cfg)
+    except SharedStorageError as exc:  # found once Ray is up, still before any work
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print_result(result)
     return result
 

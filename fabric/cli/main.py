@@ -64,6 +64,7 @@ def run(
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Run a workload in this process on the configured Ray (embedded local Ray unless RAY_ADDRESS is set)."""
+    from fabric.cluster import SharedStorageError
     from fabric.config import ConfigError
     from fabric.runtime import resolve_stack
     from fabric.workload import WorkloadError, load_workload, print_result
@@ -74,7 +75,11 @@ def run(
         resolve_stack(getattr(cfg, "runtime", None))  # inside a Ray job: refuses a home in its upload folder
     except (ConfigError, WorkloadError) as exc:
         fail(str(exc))
-    print_result(loaded.run(cfg))
+    try:
+        result = loaded.run(cfg)
+    except SharedStorageError as exc:  # found once Ray is up, still before any work
+        fail(str(exc))
+    print_result(result)
 
 
 @app.command()
