@@ -1,7 +1,8 @@
 r"""Continuous training: retrain a registered model on its champion's data plus newly labelled production rows,
 judge it against the champion on the most recent rows, release it through a canary, promote it.
 
-    RAY_AUTH_MODE=token ray job submit --working-dir . --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
+    RAY_AUTH_MODE=token ray job submit --working-dir . \
+        --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
         -- python -m workloads.continuous_training --config configs/ct/breast_cancer.yaml
     fabric ct run --config configs/ct/breast_cancer.yaml
     fabric run continuous_training --config configs/ct/breast_cancer.yaml gate.margin=0.01

@@ -1,6 +1,7 @@
 r"""Fine-tune a LoRA adapter on a versioned chat dataset with Ray Train, log it to MLflow, register it.
 
-    RAY_AUTH_MODE=token ray job submit --working-dir . --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
+    RAY_AUTH_MODE=token ray job submit --working-dir . \
+        --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
         -- python -m workloads.finetune_lora --config configs/llm/smollm2_lora_cpu.yaml
     fabric run finetune_lora --config configs/llm/smollm2_lora_cpu.yaml train.max_steps=10
     fabric submit finetune_lora --config configs/llm/llama3_8b_lora_gpu.yaml

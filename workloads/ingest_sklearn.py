@@ -1,8 +1,10 @@
-"""Ingest workload: commits one of scikit-learn's bundled tables to a versioned dataset.
+r"""Ingest workload: commits one of scikit-learn's bundled tables to a versioned dataset.
 
     python -m workloads.ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
     fabric run ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
-    ray job submit --working-dir . -- python -m workloads.ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
+    RAY_AUTH_MODE=token ray job submit --working-dir . \
+        --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
+        -- python -m workloads.ingest_sklearn --config configs/data/ingest_breast_cancer.yaml
 
 Steps: create the repository if it is new, load the table (feature names with spaces become snake_case, the
 target becomes ``label``), write it as Parquet in one commit, and print the commit id.

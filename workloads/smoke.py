@@ -4,7 +4,8 @@ Runs the same code three ways:
 
     python -m workloads.smoke --config configs/smoke.yaml train.epochs=2
     fabric run smoke --config configs/smoke.yaml train.epochs=2
-    RAY_AUTH_MODE=token ray job submit --working-dir . --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
+    RAY_AUTH_MODE=token ray job submit --working-dir . \
+        --runtime-env-json "{\"env_vars\": {\"FABRIC_HOME\": \"$FABRIC_HOME\"}}" \
         -- python -m workloads.smoke --config configs/smoke.yaml train.epochs=2
 
 Steps: load the dataset into Ray Data, split it (seeded), standardise it with statistics of the training split,

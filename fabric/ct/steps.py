@@ -99,9 +99,9 @@ def _read_table(store: Any, repo: str, ref: str, path: str) -> Any:
     if not paths:
         raise CTError(f"the reference data lakefs://{repo}/{ref}/{path} has no files (deleted?)")
     tables = []
-    for item in paths:
-        with fs.open(item, "rb") as handle:
-            tables.append(pq.read_table(handle))
+    for item in paths:  # read in this thread: see fabric.data.api._first_rows on pq.read_table(handle) at exit
+        with fs.open(item, "rb") as handle, pq.ParquetFile(handle, pre_buffer=False) as parquet:
+            tables.append(parquet.read(use_threads=False))
     return pa.concat_tables(tables, promote_options="default")
 
 

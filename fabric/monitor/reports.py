@@ -86,26 +86,21 @@ def log_to_mlflow(result: Any) -> str:
 
 def _experiment_id() -> str:
     """The ``fabric-monitor`` experiment; on the embedded store its artifacts live under the fabric home, as
-    :func:`fabric.runtime.setup_mlflow` places the ``fabric`` experiment's (never in ``./mlruns``)."""
+    :func:`fabric.runtime.setup_mlflow` places every experiment's there (never in ``./mlruns``)."""
     import mlflow
-    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
 
-    from fabric.runtime import fabric_home, resolve_stack
+    from fabric.registry import mlflow_client
+    from fabric.runtime import resolve_stack
 
-    if not is_tracking_uri_set():
-        mlflow.set_tracking_uri(resolve_stack().mlflow_tracking_uri)
-    embedded = f"sqlite:///{fabric_home() / 'mlflow' / 'mlflow.db'}"
-    artifacts = fabric_home() / "mlflow" / "artifacts"
-    location = f"{artifacts.as_uri()}/{EXPERIMENT}" if mlflow.get_tracking_uri() == embedded else None
-    client = mlflow.MlflowClient()
+    client = mlflow_client()  # sets up the configured store (the embedded one with its layout) when none is set
+    stack = resolve_stack()
+    root = stack.mlflow_artifact_root if mlflow.get_tracking_uri() == stack.mlflow_tracking_uri else None
     for _ in range(2):  # another process may create it between the lookup and the create
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is not None:
             return experiment.experiment_id
-        if location:
-            artifacts.mkdir(parents=True, exist_ok=True)
         try:
-            return client.create_experiment(EXPERIMENT, artifact_location=location)
+            return client.create_experiment(EXPERIMENT, artifact_location=f"{root}/{EXPERIMENT}" if root else None)
         except mlflow.exceptions.MlflowException:
             continue
     raise RuntimeError(f"could not create the MLflow experiment {EXPERIMENT}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,14 +39,21 @@ def test_doctor_reports_the_embedded_stack(cli_env, fabric_home):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["ray"]["mode"] == "embedded" and report["ray"]["address"] is None
-    assert report["ray"]["version"] == "2.60.0" and report["ray"]["cpus"] >= 1 and report["ray"]["gpus"] == 0
+    assert report["ray"]["version"] == "2.60.0" and report["ray"]["cpus"] >= 1
+    assert report["ray"]["gpus"] == _gpus()  # what this machine has: 0 here, the devices on a GPU machine
     assert report["mlflow"]["mode"] == "embedded"
     assert report["mlflow"]["tracking_uri"] == f"sqlite:///{fabric_home}/mlflow/mlflow.db"
     assert report["data"] == {"backend": "local", "location": str(fabric_home / "data")}
     assert report["qdrant"] == {"mode": "local", "location": str(fabric_home / "qdrant")}
     assert report["models"]["cache"] == str(fabric_home / "models")
     assert (report["home"], report["home_source"]) == (str(fabric_home), "FABRIC_HOME is set")
-    assert report["vllm"]["importable"] is False
+    assert report["vllm"]["importable"] is (importlib.util.find_spec("vllm") is not None)
+
+
+def _gpus() -> int:
+    from fabric.doctor import _local_gpus  # nvidia-smi's count, as the doctor reads it
+
+    return _local_gpus()
 
 
 def test_doctor_says_which_home_and_why_from_a_subfolder(cli_env, tmp_path):
