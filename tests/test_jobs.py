@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def ray_head(tmp_path_factory):
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_until_answers(f"{address}/api/version", head, log.name)  # 401 for want of the token: it is up
-        yield address, env
+        yield address, env, f"127.0.0.1:{agent_ports[0]}"  # the dashboard, and the GCS for ray.init
     finally:
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
@@ -64,7 +65,7 @@ def submit(address: str, env: dict[str, str], *args: str) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def smoke_via_fabric(ray_head):
     """One `fabric submit smoke` run, shared by the tests that look at it (each costs most of a minute)."""
-    address, env = ray_head
+    address, env, _ = ray_head
     return submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=1")
 
 
@@ -79,7 +80,7 @@ def test_smoke_job_succeeds_and_streams_its_logs(smoke_via_fabric):
 
 
 def test_failing_user_workload_is_reported_failed(ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     out = submit(address, env, "tests/fixtures/failing_job.py", "reason=boom-from-test")
     assert out.returncode == 1
     assert "boom-from-test" in out.stdout
@@ -87,14 +88,14 @@ def test_failing_user_workload_is_reported_failed(ray_head):
 
 
 def test_bad_config_is_refused_before_submitting(ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     out = submit(address, env, "smoke", "--config", "configs/smoke.yaml", "train.epochs=0")
     assert out.returncode == 2
     assert "train.epochs" in out.stderr and "submitted job" not in out.stdout
 
 
 def test_no_wait_returns_the_submission_id(ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     out = submit(address, env, "tests/fixtures/quick_job.py", "n=5", "--no-wait")
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split("submitted job ")[1].split(":")[0]
@@ -123,7 +124,7 @@ def readme_ray_job_submit() -> str:
 
 def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head, smoke_via_fabric):
     """The third entry point: Ray's own CLI with the README's line as written, and the result of `fabric submit`."""
-    address, env = ray_head
+    address, env, _ = ray_head
     via_fabric = last_json(smoke_via_fabric.stdout, "test_accuracy")
     line = readme_ray_job_submit()
     assert line.endswith("-- python -m workloads.smoke --config configs/smoke.yaml train.epochs=2")
@@ -137,7 +138,7 @@ def test_plain_ray_job_submit_gives_the_fabric_submit_result(ray_head, smoke_via
 
 def test_plain_ray_job_submit_without_fabric_home_stops_before_any_work(ray_head):
     """Without FABRIC_HOME the job's home would be Ray's temporary upload folder: refused, naming what to set."""
-    address, env = ray_head
+    address, env, _ = ray_head
     env = {k: v for k, v in env.items() if k != "FABRIC_HOME"}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
@@ -151,7 +152,7 @@ def test_plain_ray_job_submit_without_fabric_home_stops_before_any_work(ray_head
 
 def test_train_and_tune_tabular_jobs_register_a_model(ray_head):
     """The training issue's `fabric submit` path: both workloads finish on a real head and register a version."""
-    address, env = ray_head
+    address, env, _ = ray_head
     tiny = ["runtime.ray.num_cpus=2", "scaling.num_workers=1", "registry.model_name=jobs-tabular"]
     out = submit(address, env, "train_tabular", "--config", "configs/tabular/train.yaml", "train.epochs=1", *tiny)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -163,3 +164,34 @@ def test_train_and_tune_tabular_jobs_register_a_model(ray_head):
     tuned = last_json(out.stdout, "best_params")
     assert tuned["trials"] == 2 and tuned["version"] == "2"
     assert tuned["data_commit"] == trained["data_commit"]
+
+
+def test_serve_up_detach_status_and_down_through_the_cli(ray_head):
+    """`fabric serve up --detach` deploys the model the jobs above registered on the cluster and returns;
+    `fabric serve status` lists it, it answers, and `fabric serve down NAME` removes it."""
+    import requests
+
+    from fabric.tabular.tables import load_frame
+
+    _, env, gcs = ray_head
+    [port] = free_ports(1)
+    env = {**env, "RAY_ADDRESS": gcs, "RAY_AUTH_MODE": "token", "FABRIC_API_KEYS": "jobs-key:predict"}
+
+    def fabric(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fabric", *args], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=600)
+
+    up = fabric("serve", "up", "configs/serve/tabular.yaml", "--detach", "name=jobs-serve", f"port={port}",
+                "monitor=null", "models=[{name: jobs-tabular, alias: champion, placement: gateway}]")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert "serving jobs-tabular@champion as application 'jobs-serve'" in up.stdout
+    rows = load_frame("breast_cancer").drop(columns=["label"]).head(3).to_dict(orient="records")
+    answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": rows},
+                           headers={"Authorization": "Bearer jobs-key"}, timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3, answer.text
+    status = fabric("serve", "status", "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert json.loads(status.stdout)["jobs-serve"]["status"] == "RUNNING"
+    down = fabric("serve", "down", "jobs-serve")
+    assert down.returncode == 0 and "deleted jobs-serve" in down.stdout, down.stderr[-3000:]
+    assert "jobs-serve" not in json.loads(fabric("serve", "status", "--json").stdout)
