@@ -27,6 +27,7 @@ __all__ = ["CONFIG_KINDS", "SERVE_KINDS", "config_class", "kind_of", "load_kind"
 CONFIG_KINDS = {
     "serve": "fabric.serve.config:ServeConfig",
     "llm": "llm.serving.config:LLMServeConfig",
+    "monitor": "fabric.monitor.alerts:MonitorSpec",
 }
 SERVE_KINDS = ("serve", "llm")  # what `fabric serve up` deploys
 

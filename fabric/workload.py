@@ -189,6 +189,6 @@ def workload_for_config(path: str | Path, explicit: str | None = None) -> Worklo
     if not ref:
         raise WorkloadError(
             f"cannot tell which workload {path} is for: add `workload: NAME` to it or pass --workload NAME "
-            "(a serve config says `kind: serve` or `kind: llm`)"
+            "(other configs say their kind: `kind: serve`, `kind: llm`, `kind: monitor`)"
         )
     return load_workload(str(ref))

@@ -1,6 +1,6 @@
 """``fabric config check|show``: validate a config and print it resolved, defaults and overrides included.
 
-Workload configs and every kind in :mod:`fabric.config_kinds` (serve configs: ``kind: serve``, ``kind: llm``).
+Workload configs and every kind in :mod:`fabric.config_kinds` (``kind: serve``, ``kind: llm``, ``kind: monitor``).
 """
 
 from __future__ import annotations

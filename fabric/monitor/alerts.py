@@ -101,6 +101,8 @@ class CTAction(FabricConfig):
 class MonitorSpec(FabricConfig):
     """A model to watch: how it is checked, and the rules that fire on the result."""
 
+    kind: Literal["monitor"] = Field("monitor", description="Marks a monitor spec (`fabric config check` reads it "
+                                     "as one); see fabric.config_kinds.")
     model: str = Field(..., min_length=1, description="Registered model name.")
     version: str | None = Field(None, description="Version to watch. Empty: whichever is champion at check time.")
     check: MonitorConfig = Field(default_factory=MonitorConfig, description="The check's window and methods.")

@@ -158,8 +158,10 @@ def test_serve_configs_of_both_kinds_are_shipped():
 
 @pytest.mark.parametrize("path", MONITOR_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_monitor_spec_loads_and_round_trips(path, tmp_path):
+    from fabric.config_kinds import config_class, kind_of
     from fabric.monitor.alerts import MonitorSpec
 
+    assert kind_of(path) == "monitor" and config_class("monitor") is MonitorSpec  # what `fabric config check` reads
     spec = MonitorSpec.from_yaml(path)
     assert spec.rules
     saved = tmp_path / "saved.yaml"
