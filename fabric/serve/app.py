@@ -60,7 +60,9 @@ def build_app(cfg: ServeConfig, tracking_uri: str | None = None) -> Any:
                            max_ongoing_requests=GATEWAY_MAX_ONGOING).bind(
         models, {route.name: route.alias for route in cfg.models}, uri, keys.hashed, cfg.auth.required,
         cfg.max_request_bytes, cfg.log_payloads, {**cfg.inference_log.model_dump(), "path": log_root},
-        _bind_monitor(cfg, uri, log_root))
+        _bind_monitor(cfg, uri, log_root), keys.names,
+        {"max_loaded_versions": max(route.max_loaded_versions for route in cfg.models),
+         "max_shadow_in_flight": cfg.max_shadow_in_flight})
 
 
 def run_app(build: Any, cfg: Any, api_keys: str) -> str:

@@ -34,6 +34,9 @@ class ModelRoute(FabricConfig):
     num_cpus: float = Field(0.5, gt=0, description="CPUs per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a cluster with GPUs).")
     reload_interval_s: float = Field(5.0, gt=0, description="How often replicas check whether the alias moved.")
+    max_loaded_versions: int = Field(
+        3, ge=2, description="Versions a replica keeps loaded; beyond it the least recently used one is unloaded, "
+        "never the live version or a rollout's candidate.")
     placement: Literal["replicas", "gateway"] = Field(
         "replicas", description="replicas: the model runs in its own deployment (scales out, GPUs, autoscaling). "
         "gateway: loaded inside the HTTP gateway's process, one hop fewer per request, for small CPU models; "
@@ -110,6 +113,9 @@ class ServeConfig(FabricConfig):
     models: list[ModelRoute] = Field(..., min_length=1, description="The models to serve; the first answers "
                                      "/invocations.")
     max_request_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413.")
+    max_shadow_in_flight: int = Field(
+        16, ge=1, description="Shadow calls to a candidate running at once per gateway replica; past it a request "
+        "is not shadowed (counted as skipped in the rollout's state).")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
     inference_log: InferenceLogConfig = Field(default_factory=InferenceLogConfig, description="Prediction log.")
     log_payloads: Literal[False, True] = Field(

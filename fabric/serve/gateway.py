@@ -7,30 +7,32 @@ monitor's admin routes. It calls the :mod:`~fabric.serve.model_server` deploymen
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from fabric.config import ConfigError
+from fabric.serve.errors import classify, registry_unavailable
 from fabric.serve.inference_log import default_root
-from fabric.serve.keys import Keyring, hash_key
+from fabric.serve.keys import Keyring
 from fabric.serve.model_server import InProcess
 from fabric.serve.protocols import (
     RequestError,
-    matrix_from_mlflow,
-    matrix_from_v2,
     mlflow_response,
     output_columns,
     records,
     v2_metadata,
     v2_response,
 )
-from fabric.serve.rollout import Rollout, RolloutRequest
+from fabric.serve.rollout import ROLLOUT_TAG, Rollout, RolloutRequest
+from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2
 
 __all__ = ["GATEWAY_MAX_ONGOING", "Gateway", "api"]
 
@@ -51,15 +53,24 @@ class Gateway:
 
     def __init__(self, models: dict[str, Any], aliases: dict[str, str], tracking_uri: str, hashed_keys: dict[str, str],
                  auth_required: bool, max_request_bytes: int, log_payloads: bool = False,
-                 inference_log: dict | None = None, monitor: Any = None):
+                 inference_log: dict | None = None, monitor: Any = None, key_names: dict[str, str] | None = None,
+                 limits: dict[str, int] | None = None):
         from ray.serve.metrics import Counter, Histogram
 
+        # A registry that is down answers 503 within seconds rather than after MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         # A model in its own deployment comes as a DeploymentHandle; one placed in the gateway as its route.
         self.handles = {name: InProcess(m, tracking_uri) if isinstance(m, dict) else m for name, m in models.items()}
         self.aliases, self.tracking_uri = aliases, tracking_uri
-        self.metas: dict[tuple[str, str], dict[str, Any]] = {}
+        self.metas: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()  # LRU of versions' features
         self.default = next(iter(models))
-        self.keys = Keyring(hashed_keys)
+        self.keys = Keyring(hashed_keys, key_names)
+        limits = limits or {}
+        self.max_loaded_versions = limits.get("max_loaded_versions", 4)
+        self.max_shadow_in_flight = limits.get("max_shadow_in_flight", 16)
+        self.shadow_tasks: set[asyncio.Task] = set()
+        self.background: set[asyncio.Task] = set()
         self.auth_required = auth_required
         self.max_request_bytes = max_request_bytes
         self.log_payloads = log_payloads
@@ -88,34 +99,109 @@ class Gateway:
 
     async def _info(self, name: str) -> dict[str, Any]:
         """The live version (the alias, read from the registry here, so every replica serves the same one) and
-        its features; refreshed every few seconds, which is how an alias move reaches traffic without a restart."""
+        its features; refreshed every few seconds, which is how an alias move, and a rollout started or ended by
+        another gateway replica or before a restart, reach traffic without a restart."""
         if name not in self.handles:
             raise RequestError(f"model {name!r} is not served here; served: {', '.join(self.handles)}", 404)
         cached = self.infos.get(name)
         if cached is None or time.monotonic() - cached["_at"] > INFO_TTL_S:
             try:
-                live = await asyncio.to_thread(self._alias_version, name)
+                live, saved = await asyncio.to_thread(self._registry_state, name)
+                self._adopt(name, saved)
             except Exception as exc:  # the registry is unreachable: keep serving what was live
                 if cached is None:
                     live = (await self.handles[name].info.remote())["live"]
                 else:
                     live = cached["live"]
                 log.warning("fabric: could not read %s@%s from the registry: %s", name, self.aliases[name], exc)
-            if (name, live) not in self.metas:
-                self.metas[(name, live)] = await self.handles[name].meta.remote(live)
-            cached = self.infos[name] = {"live": live, "meta": self.metas[(name, live)], "loaded": [live],
-                                         "_at": time.monotonic()}
+            meta = await self._version_meta(name, live)
+            cached = self.infos[name] = {"live": live, "meta": meta, "loaded": [live], "_at": time.monotonic()}
         return cached
 
-    def _alias_version(self, name: str) -> str:
+    def _registry_state(self, name: str) -> tuple[str, dict[str, Any] | None]:
+        """The version behind the served alias and the saved rollout (None: no rollout), in one registry call."""
         from mlflow import MlflowClient
 
-        return str(MlflowClient(self.tracking_uri).get_model_version_by_alias(name, self.aliases[name]).version)
+        model = MlflowClient(self.tracking_uri).get_registered_model(name)
+        alias = self.aliases[name]
+        if alias not in model.aliases:
+            raise LookupError(f"{name} has no alias {alias!r}")
+        saved = model.tags.get(ROLLOUT_TAG)
+        return str(model.aliases[alias]), json.loads(saved) if saved else None
+
+    def _adopt(self, name: str, saved: dict[str, Any] | None) -> None:
+        """Makes the rollout saved in the registry this replica's: one started before a restart or on another
+        gateway replica; drops one that ended elsewhere."""
+        current = self.rollouts.get(name)
+        if saved is None:
+            if current is not None and time.time() - current.started > 2 * INFO_TTL_S:  # not one starting now
+                self.rollouts.pop(name, None)
+            return
+        if current is not None and current.started == saved.get("started"):
+            return
+        if (self.ended.get(name) or {}).get("started") == saved.get("started"):
+            return  # ended here; the registry has not caught up
+        try:
+            self.rollouts[name] = Rollout.from_state(saved)
+        except Exception as exc:  # a hand-edited tag must not stop serving
+            log.warning("fabric: ignoring the saved rollout of %s: %s", name, exc)
+
+    async def _version_meta(self, name: str, version: str) -> dict[str, Any]:
+        """The features and task of ``version`` (loading it); 404 when it does not exist, 503 when it exists but
+        cannot be loaded or the registry cannot say. Kept for the last ``max_loaded_versions`` versions used."""
+        key = (name, str(version))
+        if key in self.metas:
+            self.metas.move_to_end(key)
+            return self.metas[key]
+        try:
+            meta = await self.handles[name].meta.remote(str(version))
+        except Exception as exc:
+            raise await self._load_error(name, str(version), exc) from None
+        self.metas[key] = meta
+        self._evict_metas(name)
+        return meta
+
+    def _evict_metas(self, name: str) -> None:
+        """Forgets the least recently used versions of ``name`` beyond the bound, never the live or candidate."""
+        keep = {(self.infos.get(name) or {}).get("live")}
+        if name in self.rollouts:
+            keep |= {self.rollouts[name].live, self.rollouts[name].candidate}
+        for key in [k for k in self.metas if k[0] == name]:
+            if sum(k[0] == name for k in self.metas) <= self.max_loaded_versions:
+                break
+            if key[1] not in keep:
+                del self.metas[key]
+
+    async def _load_error(self, name: str, version: str, exc: BaseException) -> RequestError:
+        try:
+            found = await asyncio.to_thread(self._version_exists, name, version)
+        except Exception as registry_exc:
+            return registry_unavailable(self.tracking_uri, registry_exc)
+        if not found:
+            return RequestError(f"version {version!r} of {name} does not exist", 404)
+        first = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        return RequestError(f"version {version} of {name} exists but cannot be loaded now: {first}", 503)
+
+    def _version_exists(self, name: str, version: str) -> bool:
+        """Whether the registry has ``version``; raises when the registry cannot be asked."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        if not version.isdigit():
+            return False
+        try:
+            MlflowClient(self.tracking_uri).get_model_version(name, version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return False
+            raise
+        return True
 
     def _authorize(self, request: Request, role: str) -> str:
-        """Checks the request's key has ``role``; returns who it is for the audit trail (never the key)."""
+        """Checks the request's key has ``role``; returns the key's name for the audit trail (never the key, never
+        a header the client chose)."""
         if not self.auth_required:
-            return request.headers.get("x-actor") or "anonymous"
+            return "anonymous"
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
         if not key:
@@ -125,31 +211,39 @@ class Gateway:
             raise RequestError("invalid API key", 401)
         if not Keyring.allows(granted, role):
             raise RequestError(f"this key has role {granted!r}; this endpoint needs {role!r}", 403)
-        return request.headers.get("x-actor") or f"{granted}-key:{hash_key(key)[:8]}"
+        return self.keys.name(key)
 
     async def _json(self, request: Request) -> Any:
+        body = await self._body(request)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+
+    async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
             raise RequestError(f"request body of {declared} bytes is over the limit of {self.max_request_bytes}", 413)
         body = await request.body()
         if len(body) > self.max_request_bytes:
             raise RequestError(f"request body of {len(body)} bytes is over the limit of {self.max_request_bytes}", 413)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+        return body
 
     async def _serve(self, request: Request, endpoint: str, name: str, work: Any) -> JSONResponse:
-        """Runs ``work()`` with auth, errors as 4xx JSON, a request id, metrics and optional payload logging."""
+        """Runs ``work()`` with a request id, metrics and any failure as a JSON error (see fabric.serve.errors)."""
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started, version, status = time.perf_counter(), "-", 200
         try:
             version, body = await work(request_id)
-            response = JSONResponse(body)
-        except RequestError as exc:
-            status = exc.status
+            response = body if isinstance(body, Response) else JSONResponse(body)
+        except Exception as exc:
+            status, message = classify(exc, self.tracking_uri, request_id)
+            if status == 500:
+                log.exception("fabric: request %s to %s failed", request_id, endpoint)
+            elif status >= 500:
+                log.warning("fabric: request %s to %s: %s", request_id, endpoint, message)
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            response = JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
+            response = JSONResponse({"error": message}, status_code=status, headers=headers)
         response.headers["x-request-id"] = request_id
         if self.tally is not None and endpoint in ("v2_infer", "invocations"):
             self.tally.add(name, status)
@@ -160,27 +254,35 @@ class Gateway:
 
     async def _predict(self, request: Request, name: str, parse: Any, version: str | None = None,
                        request_id: str = "-", endpoint: str = "") -> tuple[str, dict[str, np.ndarray]]:
-        """Auth, parse and validate, route (rollouts), call the model; returns the version and output columns."""
-        self._authorize(request, "predict")
+        """Auth, route (a rollout, or the version asked for), parse and validate against the features of the
+        version that answers, call the model; returns that version and the output columns."""
+        self._authorize(request, "predict" if version is None else "admin")
         info = await self._info(name)
-        features = info["meta"]["features"]
-        matrix = parse(await self._json(request), features)
-        rollout = self.rollouts.get(name)
-        if version is not None:
-            try:
-                await self.handles[name].load.remote(version)
-            except Exception:
-                raise RequestError(f"version {version!r} of {name} does not exist or cannot be loaded", 404) from None
-        if version is not None or rollout is None:
-            used, raw = await self._call(name, matrix, version or info["live"])
+        body = await self._body(request)
+        rollout = self.rollouts.get(name) if version is None else None
+        if rollout is not None:
+            used, meta, matrix, raw = await self._routed(name, rollout, body, parse, request, request_id)
         else:
-            used, raw = await self._routed(name, rollout, matrix, request)
-        columns = output_columns(info["meta"]["task"], raw)
+            used = info["live"] if version is None else str(version)
+            meta, matrix, raw = await self._answer(name, used, body, parse)
+        columns = output_columns(meta["task"], raw)
+        if not isinstance(matrix, np.ndarray):  # a model served through its pyfunc: not in the columnar log
+            return used, columns
         if self.log_payloads:
             log.info("fabric payload %s v%s in=%s out=%s", name, used, matrix.tolist(), records(columns))
         if self.inference_log is not None:
-            self.inference_log.add(request_id, name, used, endpoint, features, matrix, columns)
+            try:
+                self.inference_log.add(request_id, name, used, endpoint, meta["features"], matrix, columns)
+            except Exception as exc:  # the log never fails a prediction
+                log.warning("fabric: inference log skipped request %s: %s", request_id, exc)
         return used, columns
+
+    async def _answer(self, name: str, version: str, body: Any, parse: Any) -> tuple[dict, np.ndarray, Any]:
+        """``body`` parsed against ``version``'s own features and answered by it: (meta, matrix, raw outputs)."""
+        meta = await self._version_meta(name, version)
+        matrix = parse(body, meta)
+        _, raw = await self._call(name, matrix, version)
+        return meta, matrix, raw
 
     async def _call(self, name: str, matrix: np.ndarray, version: str | None) -> tuple[str, np.ndarray]:
         """A model call, retried on another replica when the one it went to died (a crash, a node lost)."""
@@ -196,79 +298,149 @@ class Gateway:
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _timed(self, name: str, version: str, matrix: np.ndarray) -> tuple[bool, float, Any]:
+    async def _timed(self, name: str, version: str, body: Any, parse: Any) -> tuple[bool, float, Any]:
         started = time.perf_counter()
         try:
-            _, raw = await self._call(name, matrix, version)
-            return True, (time.perf_counter() - started) * 1000, raw
+            result = await self._answer(name, version, body, parse)
+            return True, (time.perf_counter() - started) * 1000, result
         except Exception as exc:  # a failing candidate: counted, and the request falls back to live
             return False, (time.perf_counter() - started) * 1000, exc
 
-    async def _routed(self, name: str, rollout: Rollout, matrix: np.ndarray, request: Request) -> Any:
-        """A request during a rollout: route it, time it, fall back to live on a candidate failure, judge."""
+    async def _routed(self, name: str, rollout: Rollout, body: Any, parse: Any, request: Request,
+                      request_id: str) -> tuple[str, dict, np.ndarray, Any]:
+        """A request during a rollout: route it, time it, fall back to live on a candidate failure (one that
+        cannot take the request's columns included), judge."""
         chosen = rollout.route(request.headers.get("x-routing-key"))
-        ok, ms, raw = await self._timed(name, chosen, matrix)
-        rollout.record(chosen, ok, ms)
+        ok, ms, result = await self._timed(name, chosen, body, parse)
         if not ok and chosen != rollout.live:
-            log.warning("fabric: candidate %s v%s failed (%s); answered by live v%s", name, chosen,
-                        type(raw).__name__, rollout.live)
-            chosen = rollout.live
-            ok, ms, raw = await self._timed(name, chosen, matrix)
             rollout.record(chosen, ok, ms)
-        if rollout.shadowing and ok:
-            request_id = request.headers.get("x-request-id") or "-"
-            asyncio.get_running_loop().create_task(self._shadow(name, rollout, matrix, raw, request_id))
-        await self._judge(name, rollout)
+            log.warning("fabric: candidate %s v%s failed (%s); answered by live v%s", name, chosen,
+                        type(result).__name__, rollout.live)
+            chosen = rollout.live
+            ok, ms, result = await self._timed(name, chosen, body, parse)
+        if not ok and isinstance(result, RequestError) and result.status < 500:
+            raise result  # the client's mistake, not the live version's
+        rollout.record(chosen, ok, ms)
         if not ok:
-            raise raw
-        return chosen, raw
+            self._judge(name, rollout)
+            raise result
+        meta, matrix, raw = result
+        if rollout.shadowing:
+            self._start_shadow(name, rollout, body, parse, meta, raw, request_id)
+        self._judge(name, rollout)
+        return chosen, meta, matrix, raw
 
-    async def _shadow(self, name: str, rollout: Rollout, matrix: np.ndarray, live: np.ndarray,
+    def _start_shadow(self, name: str, rollout: Rollout, body: Any, parse: Any, meta: dict, raw: Any,
                       request_id: str) -> None:
-        ok, ms, raw = await self._timed(name, rollout.candidate, matrix)
-        rollout.record(rollout.candidate, ok, ms)
-        task = (await self._info(name))["meta"]["task"]
-        rollout.record_shadow(request_id, records(output_columns(task, live)),
-                              records(output_columns(task, raw)) if ok else None,
-                              None if ok else f"{type(raw).__name__}: {raw}")
-        log.info("fabric shadow %s request %s: live v%s vs candidate v%s: %s", name, request_id, rollout.live,
-                 rollout.candidate, "agree" if rollout.shadows[-1]["agree"] else "differ")
-        await self._judge(name, rollout)
+        """Sends the request to the candidate too, unless ``max_shadow_in_flight`` shadow calls are running."""
+        if len(self.shadow_tasks) >= self.max_shadow_in_flight:
+            rollout.shadow_skipped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(name, rollout, body, parse, meta, raw, request_id))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
 
-    async def _judge(self, name: str, rollout: Rollout) -> None:
+    async def _shadow(self, name: str, rollout: Rollout, body: Any, parse: Any, live_meta: dict, live: Any,
+                      request_id: str) -> None:
+        try:
+            ok, ms, result = await self._timed(name, rollout.candidate, body, parse)
+            rollout.record(rollout.candidate, ok, ms)
+            candidate = records(output_columns(result[0]["task"], result[2])) if ok else None
+            rollout.record_shadow(request_id, records(output_columns(live_meta["task"], live)), candidate,
+                                  None if ok else f"{type(result).__name__}: {result}")
+            log.info("fabric shadow %s request %s: live v%s vs candidate v%s: %s", name, request_id, rollout.live,
+                     rollout.candidate, "agree" if rollout.shadows[-1]["agree"] else "differ")
+            self._judge(name, rollout)
+        except Exception:  # a shadow never touches the answer already sent
+            log.exception("fabric: shadow request %s of %s failed", request_id, name)
+
+    def _judge(self, name: str, rollout: Rollout) -> None:
+        """Rolls back now when the rollout says so; the registry writes run off the request path."""
         reason = rollout.verdict()
         if reason and self.rollouts.get(name) is rollout:
-            await self._end(name, "rolled_back_automatically", reason, "fabric-serve")
+            state = self._stop(name, "rolled_back_automatically", reason)
+            self._in_background(self._after_end(name, rollout, state, "fabric-serve"))
 
-    async def _end(self, name: str, outcome: str, reason: str, actor: str) -> dict[str, Any]:
+    def _stop(self, name: str, outcome: str, reason: str) -> dict[str, Any]:
         rollout = self.rollouts.pop(name)
         state = {**rollout.status(), "outcome": outcome, "reason": reason, "ended": time.time()}
         self.ended[name] = state
         log.warning("fabric: rollout of %s v%s ended: %s (%s)", name, rollout.candidate, outcome, reason)
+        return state
+
+    async def _after_end(self, name: str, rollout: Rollout, state: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Clears the saved rollout and records the end in the audit trail; failures are logged and returned."""
+        problems = [p for p in (await self._save_rollout(name, None), await self._record(
+            name, f"rollout_{state['outcome']}", rollout.candidate, from_version=rollout.live, actor=actor,
+            reason=state["reason"], strategy=rollout.request.strategy, windows=state["windows"])) if p]
+        return {**state, "warnings": problems} if problems else state
+
+    async def _save_rollout(self, name: str, rollout: Rollout | None) -> str | None:
+        """Saves (or, with None, clears) the rollout as the registered model's ``fabric.rollout`` tag, so a
+        restarted gateway and every gateway replica pick it up; returns what went wrong, if anything."""
+        from mlflow import MlflowClient
+
+        def write() -> None:
+            client = MlflowClient(self.tracking_uri)
+            if rollout is not None:
+                client.set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(rollout.state()))
+            elif ROLLOUT_TAG in client.get_registered_model(name).tags:
+                client.delete_registered_model_tag(name, ROLLOUT_TAG)
+
+        try:
+            await asyncio.to_thread(write)
+            return None
+        except Exception as exc:
+            log.warning("fabric: could not save the rollout state of %s in the registry: %s", name, exc)
+            return f"rollout state not saved in the registry: {exc}"
+
+    async def _record(self, name: str, action: str, version: str, **fields: Any) -> str | None:
+        """An audit trail entry; a failed write is logged and returned, never raised into a request."""
         from fabric import registry
 
-        await asyncio.to_thread(
-            registry.record_event, name, f"rollout_{outcome}", rollout.candidate, from_version=rollout.live,
-            actor=actor, reason=reason, strategy=rollout.request.strategy, windows=state["windows"])
-        return state
+        try:
+            await asyncio.to_thread(registry.record_event, name, action, version, **fields)
+            return None
+        except Exception as exc:
+            log.warning("fabric: audit entry %s of %s v%s not written: %s", action, name, version, exc)
+            return f"audit entry not written: {exc}"
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)  # held, so the task is not garbage-collected before it ends
+        task.add_done_callback(self.background.discard)
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica drains or shuts down: the buffered inference log rows are written."""
+        if getattr(self, "inference_log", None) is not None:
+            self.inference_log.close()
 
     # -- KServe Open Inference Protocol v2 ---------------------------------------------------------------------
 
     @api.get("/v2/health/live")
-    async def live(self) -> dict[str, bool]:
-        return {"live": True}
+    async def live(self, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            return "-", {"live": True}
+
+        return await self._serve(request, "live", "-", work)
 
     @api.get("/v2/health/ready")
-    async def ready(self) -> dict[str, bool]:
-        for name in self.handles:
-            await self._info(name)
-        return {"ready": True}
+    async def ready(self, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            for name in self.handles:
+                await self._info(name)
+            return "-", {"ready": True}
+
+        return await self._serve(request, "ready", "-", work)
 
     @api.get("/v2")
-    async def server_metadata(self) -> dict[str, Any]:
-        import importlib.metadata
+    async def server_metadata(self, request: Request) -> JSONResponse:
+        async def work(_: str) -> Any:
+            import importlib.metadata
 
-        return {"name": "fabric", "version": importlib.metadata.version("llmops-fabric"), "extensions": []}
+            return "-", {"name": "fabric", "version": importlib.metadata.version("llmops-fabric"), "extensions": []}
+
+        return await self._serve(request, "metadata", "-", work)
 
     @api.get("/v2/models/{name}")
     async def model_metadata(self, name: str, request: Request) -> JSONResponse:
@@ -290,16 +462,19 @@ class Gateway:
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, columns = await self._predict(request, name, matrix_from_v2, None, request_id, "v2_infer")
-            return used, v2_response(name, used, columns, request_id)
+            used, columns = await self._predict(request, name, lambda body, meta: decode_v2(body, meta, request),
+                                                None, request_id, "v2_infer")
+            return used, encode_v2(v2_response(name, used, columns, request_id), request)
 
         return await self._serve(request, "v2_infer", name, work)
 
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer_version(self, name: str, version: str, request: Request) -> JSONResponse:
+        """Any version, whatever the alias or rollout says (tests, comparisons): an ``admin`` key only."""
         async def work(request_id: str) -> Any:
-            used, columns = await self._predict(request, name, matrix_from_v2, version, request_id, "v2_infer")
-            return used, v2_response(name, used, columns, request_id)
+            used, columns = await self._predict(request, name, lambda body, meta: decode_v2(body, meta, request),
+                                                version, request_id, "v2_infer")
+            return used, encode_v2(v2_response(name, used, columns, request_id), request)
 
         return await self._serve(request, "v2_infer", name, work)
 
@@ -308,8 +483,9 @@ class Gateway:
     @api.post("/invocations")
     async def invocations(self, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, columns = await self._predict(request, self.default, matrix_from_mlflow, None, request_id,
-                                                "invocations")
+            used, columns = await self._predict(request, self.default,
+                                                lambda body, meta: decode_mlflow(body, meta, request), None,
+                                                request_id, "invocations")
             return used, mlflow_response(columns)
 
         return await self._serve(request, "invocations", self.default, work)
@@ -317,7 +493,8 @@ class Gateway:
     @api.post("/models/{name}/invocations")
     async def model_invocations(self, name: str, request: Request) -> JSONResponse:
         async def work(request_id: str) -> Any:
-            used, columns = await self._predict(request, name, matrix_from_mlflow, None, request_id, "invocations")
+            used, columns = await self._predict(request, name, lambda body, meta: decode_mlflow(body, meta, request),
+                                                None, request_id, "invocations")
             return used, mlflow_response(columns)
 
         return await self._serve(request, "invocations", name, work)
@@ -358,17 +535,15 @@ class Gateway:
                                    f"version {self.rollouts[name].candidate}; roll it back or finish it first", 409)
             if wanted.version == info["live"]:
                 raise RequestError(f"version {wanted.version} is already live", 409)
-            try:
-                await self.handles[name].load.remote(wanted.version)
-            except Exception as exc:
-                raise RequestError(f"version {wanted.version} of {name} cannot be loaded: {exc}", 422) from None
-            rollout = self.rollouts[name] = Rollout(wanted, info["live"], actor)
-            from fabric import registry
-
-            await asyncio.to_thread(registry.record_event, name, f"rollout_{wanted.strategy}", wanted.version,
-                                    from_version=info["live"], actor=actor, reason=request.headers.get("x-reason"),
-                                    percent=wanted.percent)
-            return info["live"], rollout.status()
+            await self._version_meta(name, wanted.version)  # loads it: 404 if it does not exist, 503 if it fails
+            rollout = Rollout(wanted, info["live"], actor)
+            problem = await self._save_rollout(name, rollout)
+            if problem:  # a rollout that a restart would forget is not started
+                raise RequestError(f"{problem}; the rollout was not started", 503)
+            self.rollouts[name] = rollout
+            audit = await self._record(name, f"rollout_{wanted.strategy}", wanted.version, from_version=info["live"],
+                                       actor=actor, reason=request.headers.get("x-reason"), percent=wanted.percent)
+            return info["live"], {**rollout.status(), **({"warnings": [audit]} if audit else {})}
 
         return await self._serve(request, "rollout", name, work)
 
@@ -390,7 +565,8 @@ class Gateway:
             if name not in self.rollouts:
                 raise RequestError(f"{name} has no rollout in progress", 409)
             reason = request.headers.get("x-reason") or "rolled back by an admin"
-            return info["live"], await self._end(name, "rolled_back", reason, actor)
+            rollout = self.rollouts[name]
+            return info["live"], await self._after_end(name, rollout, self._stop(name, "rolled_back", reason), actor)
 
         return await self._serve(request, "rollout", name, work)
 
@@ -407,10 +583,12 @@ class Gateway:
             reason = request.headers.get("x-reason") or f"{rollout.request.strategy} rollout finished"
             await asyncio.to_thread(registry.set_champion, name, rollout.candidate, actor=actor, reason=reason,
                                     action=f"rollout_{rollout.request.strategy}_finished")
-            self.infos.pop(name, None)
             self.rollouts.pop(name, None)
             self.ended[name] = {**rollout.status(), "outcome": "finished", "reason": reason, "ended": time.time()}
-            return (await self._info(name))["live"], self.ended[name]
+            problem = await self._save_rollout(name, None)
+            self.infos.pop(name, None)
+            state = {**self.ended[name], **({"warnings": [problem]} if problem else {})}
+            return (await self._info(name))["live"], state
 
         return await self._serve(request, "rollout", name, work)
 
@@ -460,3 +638,11 @@ class Gateway:
             return live, {"model": name, "alias": self.aliases[name], "version": live}
 
         return await self._serve(request, "reload", name, work)
+
+    # Last, so that every route above matches first.
+    @api.api_route("/v2/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def v2_unknown(self, path: str, request: Request) -> JSONResponse:
+        """Any other V2 route (a model's config, repository or shared-memory calls): V2's error shape, which V2
+        clients decode, instead of FastAPI's ``{"detail": ...}``."""
+        return JSONResponse({"error": f"{request.method} /v2/{path} is not supported by this server (it serves "
+                                      "the V2 health, metadata and infer routes)"}, status_code=404)

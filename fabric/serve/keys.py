@@ -1,8 +1,10 @@
 """API keys with roles, kept only as SHA-256 hashes once read.
 
-Keys come from ``FABRIC_API_KEYS`` (``KEY:ROLE[,KEY:ROLE...]``) and optionally a keys file of the same pairs, one
-per line, where a key may be given already hashed as ``sha256:HEX:ROLE`` (so the file need not hold secrets).
-Roles: ``predict`` (inference) and ``admin`` (rollouts, reloads, and inference).
+Keys come from ``FABRIC_API_KEYS`` (``KEY:ROLE[:NAME][,...]``) and optionally a keys file of the same entries, one
+per line, where a key may be given already hashed as ``sha256:HEX:ROLE[:NAME]`` (so the file need not hold secrets).
+Roles: ``predict`` (inference) and ``admin`` (rollouts, reloads, and inference). ``NAME`` is who the key belongs to,
+the actor the audit trail records for what the key does; without one the name is ``ROLE-key:`` and the first 8 hex
+digits of the key's SHA-256 (``admin-key:1a2b3c4d``), which identifies the key without revealing it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def hash_key(key: str) -> str:
 class Keyring:
     """Hashed keys and their roles; :meth:`role` answers which role a presented key has (None: unknown)."""
 
-    def __init__(self, hashed: dict[str, str] | None = None):
+    def __init__(self, hashed: dict[str, str] | None = None, names: dict[str, str] | None = None):
         self.hashed = dict(hashed or {})
+        self.names = dict(names or {})  # digest -> the key's name, where one was given
 
     @classmethod
     def load(cls, keys_file: str | None = None, env: str | None = None) -> Keyring:
@@ -46,19 +49,16 @@ class Keyring:
                         for n, line in enumerate(path.read_text().splitlines(), 1)
                         if line.strip() and not line.startswith("#")]
         hashed: dict[str, str] = {}
+        names: dict[str, str] = {}
         for where, entry in entries:
-            entry = entry.strip()
-            if entry.startswith("sha256:"):
-                parts = entry.split(":")
-                digest, role = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
-            else:
-                key, _, role = entry.rpartition(":")
-                digest = hash_key(key) if key else ""
+            digest, role, name = _parse(entry.strip())
             if not digest or role not in ROLES:
-                raise KeyError_(f"{where} must be KEY:ROLE or sha256:HEX:ROLE with ROLE one of {', '.join(ROLES)} "
-                                f"(the key itself is not shown)")
+                raise KeyError_(f"{where} must be KEY:ROLE[:NAME] or sha256:HEX:ROLE[:NAME] with ROLE one of "
+                                f"{', '.join(ROLES)} (the key itself is not shown)")
             hashed[digest] = role
-        return cls(hashed)
+            if name:
+                names[digest] = name
+        return cls(hashed, names)
 
     def __len__(self) -> int:
         return len(self.hashed)
@@ -72,6 +72,25 @@ class Keyring:
                 return role
         return None
 
+    def name(self, presented: str) -> str:
+        """Who the key belongs to (its ``NAME``), else ``ROLE-key:`` and its hash's first 8 hex digits."""
+        digest = hash_key(presented)
+        return self.names.get(digest) or f"{self.hashed.get(digest, 'unknown')}-key:{digest[:8]}"
+
     @staticmethod
     def allows(role: str | None, needed: str) -> bool:
         return role == "admin" or role == needed
+
+
+def _parse(entry: str) -> tuple[str, str, str]:
+    """(digest, role, name) of one entry; a name is recognised when the part before it is a role."""
+    parts = entry.split(":")
+    if entry.startswith("sha256:"):
+        if len(parts) in (3, 4):
+            return parts[1], parts[2], parts[3] if len(parts) == 4 else ""
+        return "", "", ""
+    if len(parts) >= 3 and parts[-2] in ROLES and parts[-1] not in ROLES:
+        key, role, name = entry.rsplit(":", 2)
+    else:
+        (key, _, role), name = entry.rpartition(":"), ""
+    return (hash_key(key) if key else ""), role, name.strip()

@@ -9,6 +9,9 @@ outcome with :meth:`Rollout.record`, and ends the rollout when :meth:`Rollout.ve
 * ``shadow``: every request is answered by the live version and also sent to the candidate; both answers are
   compared and kept (the last ones) for inspection; only the live answer returns.
 * ``blue_green``: every request goes to the candidate at once; rolling back switches all traffic back at once.
+
+A rollout in progress is saved on the registered model as the ``fabric.rollout`` tag (:meth:`Rollout.state`), so a
+restarted gateway, and every gateway replica, carry it on (:meth:`Rollout.from_state`); its windows start empty.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any, Literal
 
 from fabric.config import FabricConfig, Field
 
-__all__ = ["Rollout", "RolloutRequest", "Window"]
+__all__ = ["ROLLOUT_TAG", "Rollout", "RolloutRequest", "Window"]
+
+ROLLOUT_TAG = "fabric.rollout"
 
 
 class RolloutRequest(FabricConfig):
@@ -69,14 +74,24 @@ class Window:
 class Rollout:
     """One rollout of ``request.version`` against ``live``, with its windows and shadow comparisons."""
 
-    def __init__(self, request: RolloutRequest, live: str, actor: str):
+    def __init__(self, request: RolloutRequest, live: str, actor: str, started: float | None = None):
         self.request, self.live, self.candidate, self.actor = request, live, request.version, actor
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         self.windows = {live: Window(request.window), self.candidate: Window(request.window)}
         self.shadows: deque[dict[str, Any]] = deque(maxlen=100)
         self.shadow_count = self.shadow_agreements = 0
+        self.shadow_skipped = 0  # shadow calls not made: too many were in flight
         self.random = random.Random(request.seed)
         self.routed = {live: 0, self.candidate: 0}
+
+    def state(self) -> dict[str, Any]:
+        """What survives a restart: the request, the live version, who started it and when."""
+        return {"request": self.request.model_dump(), "live": self.live, "actor": self.actor, "started": self.started}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Rollout:
+        return cls(RolloutRequest.from_dict(state["request"], source="saved rollout"), str(state["live"]),
+                   str(state["actor"]), float(state["started"]))
 
     def route(self, routing_key: str | None = None) -> str:
         """The version that answers this request."""
@@ -132,5 +147,5 @@ class Rollout:
             "started": self.started, "actor": self.actor, "routed": dict(self.routed),
             "windows": {v: w.summary() for v, w in self.windows.items()},
             "shadow": {"compared": self.shadow_count, "agreements": self.shadow_agreements,
-                       "last": list(self.shadows)[-10:]} if self.shadowing else None,
+                       "skipped": self.shadow_skipped, "last": list(self.shadows)[-10:]} if self.shadowing else None,
         }

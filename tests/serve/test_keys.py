@@ -43,7 +43,19 @@ def test_serve_up_with_a_malformed_fabric_api_keys_prints_one_line(cli_env):
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2
     assert out.stderr.splitlines()[0] == (
-        "error: FABRIC_API_KEYS entry 2 of 2 must be KEY:ROLE or sha256:HEX:ROLE with ROLE one of predict, admin "
-        "(the key itself is not shown)"
+        "error: FABRIC_API_KEYS entry 2 of 2 must be KEY:ROLE[:NAME] or sha256:HEX:ROLE[:NAME] with ROLE one of "
+        "predict, admin (the key itself is not shown)"
     )
     assert "Traceback" not in out.stderr and "secret-key-2" not in out.stderr
+
+
+def test_a_key_is_named_by_its_name_or_its_hash_prefix_never_itself(tmp_path):
+    from fabric.serve.keys import hash_key
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"sha256:{hash_key('filed-key')}:admin:release-bot\n")
+    ring = Keyring.load(str(keys), env="alice-key:admin:alice,plain-key:predict,odd:key:predict")
+    assert ring.role("alice-key") == "admin" and ring.name("alice-key") == "alice"
+    assert ring.name("filed-key") == "release-bot" and ring.role("filed-key") == "admin"
+    assert ring.name("plain-key") == f"predict-key:{hash_key('plain-key')[:8]}"
+    assert ring.role("odd:key") == "predict"  # a key may hold colons; a name only follows a role
