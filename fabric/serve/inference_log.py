@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ __all__ = ["INPUT_PREFIX", "OUTPUT_PREFIX", "InferenceLog", "default_root", "log
 
 INPUT_PREFIX, OUTPUT_PREFIX = "in.", "out."
 KEY_COLUMNS = ["request_id", "row", "time", "model", "version", "endpoint"]
+log = logging.getLogger("ray.serve")
 
 
 def default_root() -> str:
@@ -103,23 +105,35 @@ def _prediction_tables(model: str, requests: list[tuple]) -> list[Any]:
 
 
 class InferenceLog:
-    """Buffers prediction records and writes them as one Parquet file per ``flush_rows`` rows or ``flush_s``."""
+    """Buffers prediction records and writes them as one Parquet file per ``flush_rows`` rows or ``flush_s``.
+
+    Writing happens on a background thread, never on the request path: :meth:`add` only appends. A write that
+    fails (a full disk, an object store down) keeps its rows and is retried with a growing pause; each failure is
+    logged and counted (``failed_writes``, ``last_error``). :meth:`close` writes what is left (the gateway calls it
+    when its replica drains or shuts down).
+    """
 
     def __init__(self, root: str | None = None, flush_rows: int = 512, flush_s: float = 5.0):
         self.root = root or default_root()
         self.flush_rows, self.flush_s = flush_rows, flush_s
         self.buffers: dict[str, list[tuple]] = {}
         self.lock = threading.Lock()
+        self.write_lock = threading.Lock()  # one writer at a time: the timer, flush() or close()
         self.last_flush = time.monotonic()
         self.written = 0
         self.pending = 0
+        self.failed_writes = 0
+        self.last_error: str | None = None
+        self.retry_at = 0.0
+        self.wake = threading.Event()
+        self.closed = False
         threading.Thread(target=self._timer, daemon=True, name="inference-log").start()
 
     def add(self, request_id: str, model: str, version: str, endpoint: str, features: list[str], inputs: Any,
             outputs: dict[str, Any]) -> None:
         """Records one request: ``inputs`` a rows x features matrix, ``outputs`` columns of the same rows.
 
-        Only a reference is kept here; the columns are built when the buffer is written, off the request path.
+        Only a reference is kept here; the columns are built and written on the log's thread.
         """
         with self.lock:
             buffer = self.buffers.setdefault(model, [])
@@ -127,25 +141,74 @@ class InferenceLog:
             self.pending += len(inputs)
             full = self.pending >= self.flush_rows
         if full:
-            self.flush()
+            self.wake.set()
 
     def flush(self) -> None:
+        """Writes every buffered row now; rows whose write fails go back to the buffer and the error is raised."""
+        with self.write_lock:
+            with self.lock:
+                buffers, self.buffers, self.pending = self.buffers, {}, 0
+                self.last_flush = time.monotonic()
+            failed: list[tuple[str, list[tuple], Exception]] = []
+            for model, requests in buffers.items():
+                for group in _layouts(requests):
+                    try:
+                        for table in _prediction_tables(model, group):
+                            _write(self.root, model, "predictions", table)
+                            self.written += table.num_rows
+                    except Exception as exc:
+                        failed.append((model, group, exc))
+            if failed:
+                self._keep(failed)
+                raise failed[0][2]
+            self.retry_at = 0.0
+
+    def _keep(self, failed: list[tuple[str, list[tuple], Exception]]) -> None:
+        """Puts the rows of failed writes back at the front of the buffer and reports the failure."""
         with self.lock:
-            buffers, self.buffers, self.pending = self.buffers, {}, 0
-            self.last_flush = time.monotonic()
-        for model, requests in buffers.items():
-            for table in _prediction_tables(model, requests):
-                _write(self.root, model, "predictions", table)
-                self.written += table.num_rows
+            for model, group, _ in failed:
+                self.buffers[model] = group + self.buffers.get(model, [])
+                self.pending += sum(len(r[5]) for r in group)
+        self.failed_writes += 1
+        self.last_error = f"{type(failed[0][2]).__name__}: {failed[0][2]}"
+        pause = min(60.0, 0.5 * 2 ** min(self.failed_writes, 7))
+        self.retry_at = time.monotonic() + pause
+        log.warning("fabric: inference log write to %s failed (%s); %d rows kept, retrying in %.1f s", self.root,
+                    self.last_error, self.pending, pause)
+
+    def close(self, attempts: int = 3) -> None:
+        """Writes what is buffered (retrying ``attempts`` times) and stops the thread; rows that still cannot be
+        written are logged as lost."""
+        self.closed = True
+        self.wake.set()
+        for attempt in range(attempts):
+            try:
+                self.flush()
+                return
+            except Exception:
+                time.sleep(0.2 * (attempt + 1))
+        log.error("fabric: inference log closed with %d rows it could not write to %s: %s", self.pending, self.root,
+                  self.last_error)
 
     def _timer(self) -> None:
-        while True:
-            time.sleep(min(self.flush_s, 1.0))
-            if time.monotonic() - self.last_flush >= self.flush_s:
+        while not self.closed:
+            self.wake.wait(min(self.flush_s, 1.0))
+            self.wake.clear()
+            if self.closed or time.monotonic() < self.retry_at or not self.pending:
+                continue
+            if self.pending >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
                 try:
                     self.flush()
-                except Exception:  # a full disk must not take serving down; the next flush retries the new rows
+                except Exception:  # kept and reported by flush; serving goes on
                     pass
+
+
+def _layouts(requests: list[tuple]) -> list[list[tuple]]:
+    """``requests`` grouped by (features, outputs), one write each, so one bad group does not hold up the rest."""
+    groups: dict[tuple, list[tuple]] = {}
+    for request in requests:
+        groups.setdefault((tuple(request[4]), tuple(request[6])), []).append(request)
+    return list(groups.values())
 
 
 def write_labels(model: str, labels: list[dict[str, Any]], root: str | None = None) -> str:
