@@ -3,7 +3,7 @@
 Built on the MLflow model registry. A new version becomes ``challenger``; :func:`promote` moves ``champion`` to
 it only when it beats the current champion on the challenger's held-out rows (``eval/holdout.parquet`` of the
 version's run), both models scored there and then with :func:`fabric.evaluation.score`. Every change, a refusal
-included, is kept as a ``fabric.audit.NNNNNN`` tag on the registered model, so the trail lives with the model.
+included, is kept as a ``fabric.audit.NNNNNN.UNIQUE`` tag on the registered model, so the trail lives with the model.
 
 Example:
     >>> version = register(model_uri, "churn", tags={"fabric.task": "classification", ...})

@@ -1,5 +1,10 @@
-"""The audit trail: every change to a registered model, a refusal included, as a ``fabric.audit.NNNNNN`` tag on it,
-so the trail lives with the model."""
+"""The audit trail: every change to a registered model, a refusal included, as a ``fabric.audit.NNNNNN.UNIQUE`` tag
+on it, so the trail lives with the model.
+
+Each entry is a tag of its own with a unique key (:func:`~fabric.registry.store.entry_key`): writers that run at
+once (the serving gateway, the CLI, a CT pipeline, against one MLflow server with no lock between them) never
+overwrite each other. An entry's ``seq`` is its place in the trail, oldest first.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from fabric.registry.store import AUDIT_TAG, mlflow_client, registered_model
+from fabric.registry.store import AUDIT_TAG, entry_key, mlflow_client, ordered_entries, registered_model
 
 __all__ = ["audit", "audit_trail", "details", "record_event", "trail"]
 
@@ -31,11 +36,10 @@ def audit_trail(name: str) -> list[dict[str, Any]]:
 def audit(client: Any, name: str, action: str, version: str | None, actor: str | None, reason: str | None,
           from_version: str | None = None, **details: Any) -> None:
     """Writes the next entry of ``name``'s trail."""
-    tags = client.get_registered_model(name).tags
-    seq = 1 + max((int(k[len(AUDIT_TAG):]) for k in tags if k.startswith(AUDIT_TAG)), default=0)
+    key = entry_key(client.get_registered_model(name).tags, AUDIT_TAG)
     entry = {"action": action, "version": version, "from_version": from_version, "actor": _actor(actor),
              "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason, **details}
-    client.set_registered_model_tag(name, f"{AUDIT_TAG}{seq:06d}", json.dumps(entry, default=str))
+    client.set_registered_model_tag(name, key, json.dumps(entry, default=str))
 
 
 def details(result: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +49,7 @@ def details(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def trail(tags: dict[str, str]) -> list[dict[str, Any]]:
-    keys = sorted(k for k in tags if k.startswith(AUDIT_TAG))
-    return [{"seq": int(k[len(AUDIT_TAG):]), **json.loads(tags[k])} for k in keys]
+    return [{"seq": seq, **entry} for seq, (_, entry) in enumerate(ordered_entries(tags, AUDIT_TAG), 1)]
 
 
 def _actor(actor: str | None) -> str:

@@ -13,12 +13,13 @@ from fabric.registry.store import (
     CHALLENGER,
     CHAMPION,
     GATE_TAG,
-    HISTORY_TAG,
+    HISTORY_EVENT_TAG,
     TASK_TAG,
     RegistryError,
     alias,
     champion,
     checked_version,
+    entry_key,
     exists,
     history,
     mlflow_client,
@@ -139,7 +140,7 @@ def rollback(name: str, *, actor: str | None = None, reason: str | None = None) 
         raise RegistryError(f"{name} has no previous champion to roll back to")
     target = past[-1]
     client.set_registered_model_alias(name, CHAMPION, target)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past))
+    _history_event(client, name, "rollback", target, current)
     audit(client, name, "rollback", target, actor, reason, from_version=current)
     return {"name": name, "version": target, "status": "rolled_back", "from_version": current}
 
@@ -164,13 +165,22 @@ def crown(client: Any, name: str, result: dict[str, Any], action: str, actor: st
     """Moves ``champion`` to the result's version, remembers the previous one, and records why."""
     version = result["version"]
     model = client.get_registered_model(name)
-    past = history(model)
-    if result["from_version"] and (not past or past[-1] != result["from_version"]):
-        past.append(result["from_version"])  # a champion set outside fabric still counts for rollback
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*past, version]))
+    # the replaced champion goes into the history even when it was set outside fabric, so rollback finds it
+    _history_event(client, name, "crown", version, result["from_version"])
     if alias(model, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
     result["status"] = "promoted"
     audit(client, name, action, version, actor, reason, **details(result))
     return result
+
+
+def _history_event(client: Any, name: str, op: str, version: str, from_version: str | None) -> None:
+    """One champion change as a tag of its own (see :func:`~fabric.registry.store.history`): concurrent
+    promotions and rollbacks each add theirs, none rewrites another's."""
+    from datetime import datetime, timezone
+
+    event = {"op": op, "version": str(version), "from_version": from_version,
+             "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    key = entry_key(client.get_registered_model(name).tags, HISTORY_EVENT_TAG)
+    client.set_registered_model_tag(name, key, json.dumps(event))

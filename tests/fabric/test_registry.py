@@ -211,3 +211,51 @@ def test_a_version_that_cannot_be_judged_is_an_error(models, name):
     with pytest.raises(RegistryError, match="needs the tags fabric.task and fabric.label_column"):
         registry.promote(name, untagged)
     assert aliases(name) == {"challenger": "2"}
+
+
+def test_concurrent_audit_and_history_writers_lose_no_entry(name):
+    """The gateway and the CLI write at once, with no lock between them: every entry stays, seq counts them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fabric.registry.lifecycle import _history_event
+    from fabric.registry.store import history
+
+    with tracking_env_restored():
+        client = registry.mlflow_client()
+        client.create_registered_model(name)
+        writers, each = 6, 4
+
+        def write(worker: int) -> None:
+            for i in range(each):
+                registry.record_event(name, "note", None, actor=f"writer-{worker}", reason=str(i))
+                _history_event(client, name, "crown", f"{worker}{i}", None)
+
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(write, range(writers)))
+        trail = registry.audit_trail(name)
+        model = client.get_registered_model(name)
+    assert len(trail) == writers * each and [e["seq"] for e in trail] == list(range(1, writers * each + 1))
+    for worker in range(writers):  # each writer's own entries keep their order
+        assert [e["reason"] for e in trail if e["actor"] == f"writer-{worker}"] == [str(i) for i in range(each)]
+    assert sorted(history(model)) == sorted(f"{w}{i}" for w in range(writers) for i in range(each))
+
+
+def test_trail_and_history_read_the_tags_of_earlier_fabric_versions():
+    import json
+    from types import SimpleNamespace
+
+    from fabric.registry.audit import trail
+    from fabric.registry.store import entry_key, history
+
+    tags = {"fabric.audit.000001": json.dumps({"action": "register", "time": "2026-01-01T00:00:00+00:00"}),
+            "fabric.audit.000002": json.dumps({"action": "promote", "time": "2026-01-02T00:00:00+00:00"}),
+            "fabric.champion_history": json.dumps(["1", "2"])}
+    key = entry_key(tags, "fabric.audit.")
+    assert key.startswith("fabric.audit.000003.") and key != entry_key(tags, "fabric.audit.")
+    tags[key] = json.dumps({"action": "rollback", "time": "2026-01-03T00:00:00+00:00"})
+    tags["fabric.champion_history." + "000001.x"] = json.dumps({"op": "crown", "version": "3", "from_version": "2"})
+    tags["fabric.champion_history." + "000002.y"] = json.dumps({"op": "rollback", "version": "1"})
+    assert [(e["seq"], e["action"]) for e in trail(tags)] == [(1, "register"), (2, "promote"), (3, "rollback")]
+    assert history(SimpleNamespace(tags=tags)) == ["1"]
+    del tags["fabric.champion_history." + "000002.y"]
+    assert history(SimpleNamespace(tags=tags)) == ["1", "2", "3"]
