@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ class ModelServer:
 
         mlflow.set_tracking_uri(tracking_uri)
         self.route = ModelRoute(**route)
-        self.models: dict[str, tuple[dict[str, Any], Any]] = {}
+        self.models: OrderedDict[str, tuple[dict[str, Any], Any]] = OrderedDict()  # least recently used first
+        self.pinned: set[str] = set()  # a rollout's candidate: never unloaded
         self.live = self._alias_version()
         self._load(self.live)
         self._batched.set_max_batch_size(self.route.max_batch_size)
@@ -51,12 +53,41 @@ class ModelServer:
         import mlflow.pyfunc
 
         if version in self.models:
+            self.models.move_to_end(version)
             return
+        from fabric.serve.pyfunc_io import describe
+
         pyfunc = mlflow.pyfunc.load_model(f"models:/{self.route.name}/{version}")
-        inner = pyfunc.unwrap_python_model()
-        if not hasattr(inner, "meta"):
-            raise TypeError(f"{self.route.name} version {version} is not a fabric tabular model")
-        self.models[version] = (inner.meta, inner.model)
+        try:
+            inner = pyfunc.unwrap_python_model()
+        except Exception:  # a flavor's own pyfunc wrapper (scikit-learn, XGBoost...): not a PythonModel
+            inner = None
+        if hasattr(inner, "meta") and hasattr(inner, "model"):  # a fabric model: the fast path, arrays in and out
+            self.models[version] = (inner.meta, inner.model)
+        else:  # any other MLflow model: through its pyfunc, inputs checked against its signature
+            self.models[version] = (describe(pyfunc), pyfunc)
+        self._evict(keep=version)
+
+    def _evict(self, keep: str) -> None:
+        """Unloads the least recently used versions beyond ``max_loaded_versions``; never the live version, a
+        rollout's candidate, or ``keep`` (the one just loaded)."""
+        for version in [v for v in self.models if v not in {self.live, keep, *self.pinned}]:
+            if len(self.models) <= self.route.max_loaded_versions:
+                break
+            del self.models[version]
+            log.info("fabric: unloaded %s version %s (least recently used)", self.route.name, version)
+
+    def _registry_state(self) -> tuple[str, set[str]]:
+        """The version behind the alias and the candidate of the rollout the gateway saved (fabric.rollout)."""
+        import json
+
+        from mlflow import MlflowClient
+
+        from fabric.serve.rollout import ROLLOUT_TAG
+
+        model = MlflowClient().get_registered_model(self.route.name)
+        saved = json.loads(model.tags.get(ROLLOUT_TAG) or "null")
+        return str(model.aliases[self.route.alias]), {str(saved["request"]["version"])} if saved else set()
 
     def _follow_alias(self) -> None:
         while True:
@@ -68,7 +99,7 @@ class ModelServer:
 
     def reload(self) -> dict[str, str]:
         """Loads the version the alias points at now and makes it live (a no-op if unchanged)."""
-        version = self._alias_version()
+        version, self.pinned = self._registry_state()
         if version != self.live:
             self._load(version)
             previous, self.live = self.live, version
@@ -81,19 +112,23 @@ class ModelServer:
         return {"model": self.route.name, "version": str(version), "loaded": sorted(self.models)}
 
     def meta(self, version: str) -> dict[str, Any]:
-        """What the gateway validates requests against: the features and task of ``version``."""
+        """What the gateway validates requests against: the features and task of ``version`` (and the signature
+        of a model served through its pyfunc)."""
         self._load(str(version))
-        meta, _ = self.models[str(version)]
-        return {k: meta[k] for k in ("features", "task", "n_outputs", "model_type")}
+        return _public(self.models[str(version)][0])
 
     def info(self) -> dict[str, Any]:
         meta, _ = self.models[self.live]
         return {"name": self.route.name, "alias": self.route.alias, "live": self.live, "loaded": sorted(self.models),
-                "meta": {k: meta[k] for k in ("features", "task", "n_outputs", "model_type")}}
+                "meta": _public(meta)}
 
-    async def predict(self, matrix: np.ndarray, version: str | None = None) -> tuple[str, np.ndarray]:
-        """The raw outputs (class probabilities, or predictions) for ``matrix``'s rows, and the version used."""
-        return await self._batched((version or self.live, matrix))
+    async def predict(self, matrix: Any, version: str | None = None) -> tuple[str, Any]:
+        """The raw outputs (class probabilities, or predictions) for ``matrix``'s rows, and the version used; for a
+        model served through its pyfunc, its output as named columns."""
+        used, output = await self._batched((version or self.live, matrix))
+        if isinstance(output, Exception):
+            raise output
+        return used, output
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
@@ -101,11 +136,15 @@ class ModelServer:
 
         results: list[Any] = [None] * len(items)
         for version in {v for v, _ in items}:
-            if version not in self.models:
-                self._load(version)
+            self._load(version)  # loads it if missing; marks it used
             meta, model = self.models[version]
             positions = [i for i, (v, _) in enumerate(items) if v == version]
             matrices = [items[i][1] for i in positions]
+            if meta["task"] == "pyfunc":
+                for i, answer in zip(positions, _pyfunc_batch(model, matrices), strict=True):
+                    results[i] = (version, answer)
+                self.batch_sizes.observe(len(matrices), tags={"model": self.route.name, "version": version})
+                continue
             output = raw_outputs(meta, model, np.concatenate(matrices))
             self.batch_sizes.observe(len(output), tags={"model": self.route.name, "version": version})
             start = 0
@@ -113,6 +152,42 @@ class ModelServer:
                 results[i] = (version, output[start:start + len(matrix)])
                 start += len(matrix)
         return results
+
+
+def _public(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("features", "task", "n_outputs", "model_type", "schema", "inputs")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def _pyfunc_batch(pyfunc: Any, inputs: list[Any]) -> list[Any]:
+    """One model call for inputs that merge (DataFrames of the same columns) whose output splits back by rows;
+    else one call each. A failing input gets its exception (a 422), not its neighbours."""
+    from fabric.serve.pyfunc_io import batchable, columns_of
+
+    if batchable(inputs):
+        import pandas as pd
+
+        try:
+            columns = columns_of(pyfunc.predict(pd.concat(inputs, ignore_index=True)))
+            total = sum(len(d) for d in inputs)
+            if all(len(v) == total for v in columns.values()):
+                answers, start = [], 0
+                for data in inputs:
+                    answers.append({c: v[start:start + len(data)] for c, v in columns.items()})
+                    start += len(data)
+                return answers
+        except Exception:  # one bad input fails the merged call: answer each on its own below
+            pass
+    answers = []
+    for data in inputs:
+        try:
+            answers.append(columns_of(pyfunc.predict(data)))
+        except Exception as exc:
+            from fabric.serve.protocols import RequestError
+
+            answers.append(RequestError(f"the model could not score this input: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}", 422))
+    return answers
 
 
 class InProcess:

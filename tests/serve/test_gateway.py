@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -288,3 +289,30 @@ def test_a_rollout_is_saved_in_the_registry_and_taken_up_after_a_restart():
 
     assert run(GatewayClass._save_rollout(first, name, None)) is None
     assert "fabric.rollout" not in client.get_registered_model(name).tags
+
+
+def test_a_model_server_unloads_the_least_recently_used_version_never_live_or_candidate(monkeypatch):
+    from types import SimpleNamespace
+
+    import mlflow.pyfunc
+
+    from fabric.serve.config import ModelRoute
+    from fabric.serve.model_server import ModelServer
+
+    loaded: list[str] = []
+
+    def load_model(uri: str) -> Any:
+        loaded.append(uri.rsplit("/", 1)[1])
+        inner = SimpleNamespace(meta={"features": ["a"], "task": "regression"}, model=object())
+        return SimpleNamespace(unwrap_python_model=lambda: inner)
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", load_model)
+    server = object.__new__(ModelServer.func_or_class)  # its state only: no registry, no alias thread
+    server.route, server.live = ModelRoute(name="m", max_loaded_versions=4), "1"
+    server.models, server.pinned = OrderedDict(), {"2"}  # 1 is live, 2 a rollout's candidate
+    for version in ("1", "2", "3", "4", "3", "5"):  # 3 used again, so 4 is the least recently used
+        server._load(version)
+    assert sorted(server.models) == ["1", "2", "3", "5"] and loaded == ["1", "2", "3", "4", "5"]
+    for version in ("6", "7"):
+        server._load(version)
+    assert sorted(server.models) == ["1", "2", "6", "7"]
