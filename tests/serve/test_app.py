@@ -13,6 +13,7 @@ from tests.tabular_models import register_linear
 
 pytestmark = pytest.mark.slow
 MODEL = "served-bc"
+SKLEARN, CUSTOM = "served-sklearn", "served-custom"  # MLflow models fabric did not train, served by alias
 PREDICT_KEY, ADMIN_KEY = "test-predict-key", "test-admin-key"
 
 
@@ -32,19 +33,53 @@ def server(ray_session, tmp_path_factory):
     v1, v2 = register_linear(frame, MODEL, steps=2), register_linear(frame, MODEL, steps=200)
     broken = register_linear(frame, MODEL, steps=2, extra_feature="not_a_column")
     MlflowClient().set_registered_model_alias(MODEL, "champion", v1)
+    _register_foreign_models(frame)
     [port] = free_ports()
     log_root = str(tmp_path_factory.mktemp("inference-log"))
     cfg = ServeConfig.from_dict({"name": "test-serve", "port": port, "max_request_bytes": 200_000,
                                  "inference_log": {"path": log_root, "flush_s": 0.5},
                                  "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1,
-                                             "num_replicas": 2}]})
+                                             "num_replicas": 2},
+                                            *({"name": n, "placement": "gateway", "num_cpus": 0.05}
+                                              for n in (SKLEARN, CUSTOM))]})
     url = run_serve_app(build_app, cfg, f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
     try:
         yield {"url": url, "frame": frame, "log_root": log_root, "v1": v1, "v2": v2, "broken": broken,
-               "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)}}
+               "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)},
+               "foreign": {n: mlflow.pyfunc.load_model(f"models:/{n}@champion") for n in (SKLEARN, CUSTOM)}}
     finally:
         serve.shutdown()
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _register_foreign_models(frame):
+    """A scikit-learn pipeline logged with mlflow.sklearn and a custom PythonModel with a string input, each
+    registered with a signature and the alias champion."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    class Greeter(mlflow.pyfunc.PythonModel):  # defined here, so cloudpickle stores the class itself
+        def predict(self, context, model_input, params=None):
+            return pd.DataFrame({"greeting": ["hello " + w for w in model_input["word"]],
+                                 "double": model_input["x"] * 2})
+
+    x, y = frame.drop(columns=["label"]), frame["label"]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+    example = pd.DataFrame({"word": ["a"], "x": [1.0]})
+    with mlflow.start_run(run_name="foreign-models"):
+        logged = [
+            mlflow.sklearn.log_model(pipeline, name="sklearn", signature=infer_signature(x, pipeline.predict(x)),
+                                     registered_model_name=SKLEARN),
+            mlflow.pyfunc.log_model(name="custom", python_model=Greeter(), registered_model_name=CUSTOM,
+                                    signature=infer_signature(example, Greeter().predict(None, example))),
+        ]
+    for name, info in zip((SKLEARN, CUSTOM), logged, strict=True):
+        MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
 
 
 def _post(server, path, body=None, key=PREDICT_KEY, headers=None):
@@ -105,6 +140,10 @@ def test_api_keys_roles_and_request_limits(server):
     assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]
     unknown = _post(server, "/v2/models/nope/infer", {"inputs": []})
     assert unknown.status_code == 404 and MODEL in unknown.json()["error"]
+    any_version = _post(server, f"/v2/models/{MODEL}/versions/{server['v2']}/infer", {"inputs": []})
+    assert any_version.status_code == 403 and "admin" in any_version.json()["error"]
+    absent = _post(server, f"/v2/models/{MODEL}/versions/999/infer", {"inputs": []}, key=ADMIN_KEY)
+    assert absent.status_code == 404 and "does not exist" in absent.json()["error"]
     assert bad_json.headers["x-request-id"]
 
 
@@ -171,7 +210,13 @@ def test_failing_canary_is_rolled_back_automatically_and_audited(server):
     state = _get(server, f"/admin/models/{MODEL}/rollout").json()
     assert state["active"] is None
     assert state["last"]["outcome"] == "rolled_back_automatically" and "error rate" in state["last"]["reason"]
-    entry = [e for e in registry.audit_trail(MODEL) if e["action"] == "rollout_rolled_back_automatically"][-1]
+    import time
+
+    deadline = time.monotonic() + 30  # the audit entry is written off the request path
+    while not (ended := [e for e in registry.audit_trail(MODEL) if e["action"] == "rollout_rolled_back_automatically"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    entry = ended[-1]
     assert entry["version"] == server["broken"] and entry["from_version"] == server["v1"]
     assert entry["actor"] == "fabric-serve" and "error rate" in entry["reason"]
 
@@ -393,7 +438,7 @@ def test_a_model_placed_in_the_gateway_answers_like_its_own_deployment(server, m
         v2_body = {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
                                "data": rows.to_numpy().ravel().tolist()}]}
         for version in (server["v1"], server["v2"]):
-            answer = _post(inline, f"/v2/models/{MODEL}/versions/{version}/infer", v2_body)
+            answer = _post(inline, f"/v2/models/{MODEL}/versions/{version}/infer", v2_body, key=ADMIN_KEY)
             assert answer.status_code == 200 and answer.json()["model_version"] == version, answer.text
             got = {o["name"]: o["data"] for o in answer.json()["outputs"]}
             expected = server["pyfunc"][version].predict(rows)
@@ -409,3 +454,107 @@ def test_a_model_placed_in_the_gateway_answers_like_its_own_deployment(server, m
     finally:
         MlflowClient().set_registered_model_alias(MODEL, "champion", server["v1"])
         serve.delete("inline")
+
+
+def _triton(server):
+    import tritonclient.http as triton
+
+    return triton, triton.InferenceServerClient(url=server["url"].removeprefix("http://"))
+
+
+def test_tritonclient_defaults_send_and_get_binary_tensors_and_decode_v2_errors(server):
+    triton, client = _triton(server)
+    headers = {"Authorization": f"Bearer {PREDICT_KEY}"}
+    rows = server["frame"].drop(columns=["label"]).iloc[:6]
+    expected = server["pyfunc"][server["v1"]].predict(rows)
+    tensor = triton.InferInput("x", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows.to_numpy("float64"))  # binary_data=True, the client's default
+    for outputs in (None, [triton.InferRequestedOutput("prediction"), triton.InferRequestedOutput("probability_1")]):
+        result = client.infer(MODEL, [tensor], outputs=outputs, headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("prediction"), expected["prediction"])
+        np.testing.assert_allclose(result.as_numpy("probability_1"), expected["probability_1"], atol=1e-6)
+        assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
+    with pytest.raises(triton.InferenceServerException, match="not supported") as caught:
+        client.get_model_config(MODEL, headers=headers)
+    assert caught.value.status() == "404"
+    with pytest.raises(triton.InferenceServerException, match="mean_radius"):
+        bad = triton.InferInput("mean_texture", [1], "FP64")
+        bad.set_data_from_numpy(np.array([1.0]))
+        client.infer(MODEL, [bad], headers=headers)
+
+
+def _mlflow_bodies(rows):
+    """The same rows in every input format ``mlflow models serve`` accepts: (body, content type)."""
+    import json
+
+    return {
+        "dataframe_split": (json.dumps({"dataframe_split": rows.to_dict(orient="split")}), "application/json"),
+        "dataframe_records": (json.dumps({"dataframe_records": rows.to_dict(orient="records")}), "application/json"),
+        "instances": (json.dumps({"instances": rows.to_dict(orient="records")}), "application/json"),
+        "inputs": (json.dumps({"inputs": rows.to_dict(orient="list")}), "application/json"),
+        "csv": (rows.to_csv(index=False), "text/csv"),
+    }
+
+
+def test_invocations_take_every_input_format_of_mlflow_models_serve(server):
+    import json
+
+    from mlflow.pyfunc import scoring_server
+
+    rows = server["frame"].drop(columns=["label"]).iloc[:4]
+    expected = server["pyfunc"][server["v1"]].predict(rows)
+    foreign = server["foreign"][SKLEARN]
+    for fmt, (body, content_type) in _mlflow_bodies(rows).items():
+        headers = {"Authorization": f"Bearer {PREDICT_KEY}", "Content-Type": content_type}
+        ours = requests.post(server["url"] + "/invocations", data=body, headers=headers, timeout=60)
+        assert ours.status_code == 200, (fmt, ours.text)
+        assert [r["prediction"] for r in ours.json()["predictions"]] == expected["prediction"].tolist(), fmt
+        # a model fabric did not train answers exactly as MLflow's own scoring server answers
+        mlflow_answer = scoring_server.invocations(body, content_type, foreign, foreign.metadata.get_input_schema())
+        theirs = requests.post(f"{server['url']}/models/{SKLEARN}/invocations", data=body, headers=headers, timeout=60)
+        assert theirs.status_code == mlflow_answer.status == 200, (fmt, theirs.text)
+        assert theirs.json() == json.loads(mlflow_answer.response), fmt
+
+
+def test_any_registered_mlflow_model_is_served_by_alias_with_its_signature(server):
+    import pandas as pd
+
+    triton, client = _triton(server)
+    headers = {"Authorization": f"Bearer {PREDICT_KEY}"}
+    rows = server["frame"].drop(columns=["label"]).iloc[:5]
+    expected = server["foreign"][SKLEARN].predict(rows)
+    by_column = []
+    for column in rows.columns:
+        tensor = triton.InferInput(column, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(rows[column].to_numpy("float64"))
+        by_column.append(tensor)
+    matrix = triton.InferInput("x", list(rows.shape), "FP64")
+    matrix.set_data_from_numpy(rows.to_numpy("float64"))
+    for inputs in (by_column, [matrix]):
+        result = client.infer(SKLEARN, inputs, headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("predictions"), expected)
+    metadata = client.get_model_metadata(SKLEARN, headers=headers)
+    assert metadata["platform"] == "mlflow_sklearn" and [i["name"] for i in metadata["inputs"]] == list(rows.columns)
+
+    words = pd.DataFrame({"word": ["ada", "bo"], "x": [1.5, -2.0]})
+    word, x = triton.InferInput("word", [2], "BYTES"), triton.InferInput("x", [2], "FP64")
+    word.set_data_from_numpy(words["word"].to_numpy(object))
+    x.set_data_from_numpy(words["x"].to_numpy("float64"))
+    result = client.infer(CUSTOM, [word, x], headers=headers)
+    assert result.as_numpy("greeting").tolist() == [b"hello ada", b"hello bo"]
+    assert result.as_numpy("double").tolist() == [3.0, -4.0]
+    answer = _post(server, f"/models/{CUSTOM}/invocations", {"dataframe_records": words.to_dict(orient="records")})
+    assert answer.status_code == 200 and answer.json() == {"predictions": server["foreign"][CUSTOM].predict(
+        words).to_dict(orient="records")}
+    missing = _post(server, f"/models/{CUSTOM}/invocations", {"dataframe_records": [{"x": 1.0}]})
+    assert missing.status_code == 422 and "word" in missing.json()["error"], missing.text
+    # concurrent requests still answer each its own rows (they may be merged into one model call)
+    import concurrent.futures
+
+    def one(i):
+        body = {"dataframe_records": [{"word": f"w{i}", "x": float(i)}]}
+        return _post(server, f"/models/{CUSTOM}/invocations", body).json()["predictions"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(16)))
+    assert answers == [[{"greeting": f"hello w{i}", "double": 2.0 * i}] for i in range(16)]
