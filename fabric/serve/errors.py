@@ -18,7 +18,7 @@ from typing import Any
 
 from fabric.serve.protocols import RequestError
 
-__all__ = ["classify", "registry_unavailable"]
+__all__ = ["classify", "load_error", "registry_unavailable", "version_exists"]
 
 
 def registry_unavailable(tracking_uri: str, exc: BaseException) -> RequestError:
@@ -26,6 +26,37 @@ def registry_unavailable(tracking_uri: str, exc: BaseException) -> RequestError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return RequestError(f"the model registry (MLflow tracking server at {tracking_uri}) is unreachable or failing: "
                         f"{first}; retry later", 503)
+
+
+async def load_error(name: str, version: str, exc: BaseException, exists: Any, tracking_uri: str) -> RequestError:
+    """The error for a version that failed to load: 404 when ``exists(name, version)`` says the registry has no
+    such version, 503 when it has (or cannot say)."""
+    import asyncio
+
+    try:
+        found = await asyncio.to_thread(exists, name, version)
+    except Exception as registry_exc:
+        return registry_unavailable(tracking_uri, registry_exc)
+    if not found:
+        return RequestError(f"version {version!r} of {name} does not exist", 404)
+    first = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+    return RequestError(f"version {version} of {name} exists but cannot be loaded now: {first}", 503)
+
+
+def version_exists(tracking_uri: str, name: str, version: str) -> bool:
+    """Whether the registry has ``version`` of ``name``; raises when the registry cannot be asked."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not version.isdigit():
+        return False
+    try:
+        MlflowClient(tracking_uri).get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return False
+        raise
+    return True
 
 
 def classify(exc: BaseException, tracking_uri: str, request_id: str) -> tuple[int, str]:

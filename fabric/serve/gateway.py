@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from fabric.config import ConfigError
-from fabric.serve.errors import classify, registry_unavailable
+from fabric.serve.errors import classify, load_error, version_exists
 from fabric.serve.inference_log import default_root
 from fabric.serve.keys import Keyring
 from fabric.serve.model_server import InProcess
@@ -32,6 +32,7 @@ from fabric.serve.protocols import (
     v2_response,
 )
 from fabric.serve.rollout import ROLLOUT_TAG, Rollout, RolloutRequest
+from fabric.serve.traffic import Traffic
 from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2
 
 __all__ = ["GATEWAY_MAX_ONGOING", "Gateway", "api"]
@@ -68,9 +69,9 @@ class Gateway:
         self.keys = Keyring(hashed_keys, key_names)
         limits = limits or {}
         self.max_loaded_versions = limits.get("max_loaded_versions", 4)
-        self.max_shadow_in_flight = limits.get("max_shadow_in_flight", 16)
-        self.shadow_tasks: set[asyncio.Task] = set()
-        self.background: set[asyncio.Task] = set()
+        self.traffic = Traffic(tracking_uri, self._answer, limits.get("max_shadow_in_flight", 16))
+        self.rollouts, self.ended = self.traffic.rollouts, self.traffic.ended
+        self._version_exists = lambda name, version: version_exists(self.tracking_uri, name, version)
         self.auth_required = auth_required
         self.max_request_bytes = max_request_bytes
         self.log_payloads = log_payloads
@@ -80,8 +81,6 @@ class Gateway:
                                  boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
                                  tag_keys=("model", "version", "endpoint"))
         self.infos: dict[str, dict[str, Any]] = {}
-        self.rollouts: dict[str, Rollout] = {}
-        self.ended: dict[str, dict[str, Any]] = {}  # the last ended rollout of each model, and why
         self.monitor = monitor
         self.tally = None
         if monitor is not None:
@@ -107,7 +106,7 @@ class Gateway:
         if cached is None or time.monotonic() - cached["_at"] > INFO_TTL_S:
             try:
                 live, saved = await asyncio.to_thread(self._registry_state, name)
-                self._adopt(name, saved)
+                self.traffic.adopt(name, saved)
             except Exception as exc:  # the registry is unreachable: keep serving what was live
                 if cached is None:
                     live = (await self.handles[name].info.remote())["live"]
@@ -129,23 +128,6 @@ class Gateway:
         saved = model.tags.get(ROLLOUT_TAG)
         return str(model.aliases[alias]), json.loads(saved) if saved else None
 
-    def _adopt(self, name: str, saved: dict[str, Any] | None) -> None:
-        """Makes the rollout saved in the registry this replica's: one started before a restart or on another
-        gateway replica; drops one that ended elsewhere."""
-        current = self.rollouts.get(name)
-        if saved is None:
-            if current is not None and time.time() - current.started > 2 * INFO_TTL_S:  # not one starting now
-                self.rollouts.pop(name, None)
-            return
-        if current is not None and current.started == saved.get("started"):
-            return
-        if (self.ended.get(name) or {}).get("started") == saved.get("started"):
-            return  # ended here; the registry has not caught up
-        try:
-            self.rollouts[name] = Rollout.from_state(saved)
-        except Exception as exc:  # a hand-edited tag must not stop serving
-            log.warning("fabric: ignoring the saved rollout of %s: %s", name, exc)
-
     async def _version_meta(self, name: str, version: str) -> dict[str, Any]:
         """The features and task of ``version`` (loading it); 404 when it does not exist, 503 when it exists but
         cannot be loaded or the registry cannot say. Kept for the last ``max_loaded_versions`` versions used."""
@@ -156,7 +138,7 @@ class Gateway:
         try:
             meta = await self.handles[name].meta.remote(str(version))
         except Exception as exc:
-            raise await self._load_error(name, str(version), exc) from None
+            raise await load_error(name, str(version), exc, self._version_exists, self.tracking_uri) from None
         self.metas[key] = meta
         self._evict_metas(name)
         return meta
@@ -171,31 +153,6 @@ class Gateway:
                 break
             if key[1] not in keep:
                 del self.metas[key]
-
-    async def _load_error(self, name: str, version: str, exc: BaseException) -> RequestError:
-        try:
-            found = await asyncio.to_thread(self._version_exists, name, version)
-        except Exception as registry_exc:
-            return registry_unavailable(self.tracking_uri, registry_exc)
-        if not found:
-            return RequestError(f"version {version!r} of {name} does not exist", 404)
-        first = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-        return RequestError(f"version {version} of {name} exists but cannot be loaded now: {first}", 503)
-
-    def _version_exists(self, name: str, version: str) -> bool:
-        """Whether the registry has ``version``; raises when the registry cannot be asked."""
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        if not version.isdigit():
-            return False
-        try:
-            MlflowClient(self.tracking_uri).get_model_version(name, version)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return False
-            raise
-        return True
 
     def _authorize(self, request: Request, role: str) -> str:
         """Checks the request's key has ``role``; returns the key's name for the audit trail (never the key, never
@@ -261,7 +218,8 @@ class Gateway:
         body = await self._body(request)
         rollout = self.rollouts.get(name) if version is None else None
         if rollout is not None:
-            used, meta, matrix, raw = await self._routed(name, rollout, body, parse, request, request_id)
+            key = request.headers.get("x-routing-key")
+            used, meta, matrix, raw = await self.traffic.routed(name, rollout, body, parse, key, request_id)
         else:
             used = info["live"] if version is None else str(version)
             meta, matrix, raw = await self._answer(name, used, body, parse)
@@ -297,118 +255,6 @@ class Gateway:
                 log.warning("fabric: a %s replica died mid-request; retrying on another one", name)
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    async def _timed(self, name: str, version: str, body: Any, parse: Any) -> tuple[bool, float, Any]:
-        started = time.perf_counter()
-        try:
-            result = await self._answer(name, version, body, parse)
-            return True, (time.perf_counter() - started) * 1000, result
-        except Exception as exc:  # a failing candidate: counted, and the request falls back to live
-            return False, (time.perf_counter() - started) * 1000, exc
-
-    async def _routed(self, name: str, rollout: Rollout, body: Any, parse: Any, request: Request,
-                      request_id: str) -> tuple[str, dict, np.ndarray, Any]:
-        """A request during a rollout: route it, time it, fall back to live on a candidate failure (one that
-        cannot take the request's columns included), judge."""
-        chosen = rollout.route(request.headers.get("x-routing-key"))
-        ok, ms, result = await self._timed(name, chosen, body, parse)
-        if not ok and chosen != rollout.live:
-            rollout.record(chosen, ok, ms)
-            log.warning("fabric: candidate %s v%s failed (%s); answered by live v%s", name, chosen,
-                        type(result).__name__, rollout.live)
-            chosen = rollout.live
-            ok, ms, result = await self._timed(name, chosen, body, parse)
-        if not ok and isinstance(result, RequestError) and result.status < 500:
-            raise result  # the client's mistake, not the live version's
-        rollout.record(chosen, ok, ms)
-        if not ok:
-            self._judge(name, rollout)
-            raise result
-        meta, matrix, raw = result
-        if rollout.shadowing:
-            self._start_shadow(name, rollout, body, parse, meta, raw, request_id)
-        self._judge(name, rollout)
-        return chosen, meta, matrix, raw
-
-    def _start_shadow(self, name: str, rollout: Rollout, body: Any, parse: Any, meta: dict, raw: Any,
-                      request_id: str) -> None:
-        """Sends the request to the candidate too, unless ``max_shadow_in_flight`` shadow calls are running."""
-        if len(self.shadow_tasks) >= self.max_shadow_in_flight:
-            rollout.shadow_skipped += 1
-            return
-        task = asyncio.get_running_loop().create_task(self._shadow(name, rollout, body, parse, meta, raw, request_id))
-        self.shadow_tasks.add(task)
-        task.add_done_callback(self.shadow_tasks.discard)
-
-    async def _shadow(self, name: str, rollout: Rollout, body: Any, parse: Any, live_meta: dict, live: Any,
-                      request_id: str) -> None:
-        try:
-            ok, ms, result = await self._timed(name, rollout.candidate, body, parse)
-            rollout.record(rollout.candidate, ok, ms)
-            candidate = records(output_columns(result[0]["task"], result[2])) if ok else None
-            rollout.record_shadow(request_id, records(output_columns(live_meta["task"], live)), candidate,
-                                  None if ok else f"{type(result).__name__}: {result}")
-            log.info("fabric shadow %s request %s: live v%s vs candidate v%s: %s", name, request_id, rollout.live,
-                     rollout.candidate, "agree" if rollout.shadows[-1]["agree"] else "differ")
-            self._judge(name, rollout)
-        except Exception:  # a shadow never touches the answer already sent
-            log.exception("fabric: shadow request %s of %s failed", request_id, name)
-
-    def _judge(self, name: str, rollout: Rollout) -> None:
-        """Rolls back now when the rollout says so; the registry writes run off the request path."""
-        reason = rollout.verdict()
-        if reason and self.rollouts.get(name) is rollout:
-            state = self._stop(name, "rolled_back_automatically", reason)
-            self._in_background(self._after_end(name, rollout, state, "fabric-serve"))
-
-    def _stop(self, name: str, outcome: str, reason: str) -> dict[str, Any]:
-        rollout = self.rollouts.pop(name)
-        state = {**rollout.status(), "outcome": outcome, "reason": reason, "ended": time.time()}
-        self.ended[name] = state
-        log.warning("fabric: rollout of %s v%s ended: %s (%s)", name, rollout.candidate, outcome, reason)
-        return state
-
-    async def _after_end(self, name: str, rollout: Rollout, state: dict[str, Any], actor: str) -> dict[str, Any]:
-        """Clears the saved rollout and records the end in the audit trail; failures are logged and returned."""
-        problems = [p for p in (await self._save_rollout(name, None), await self._record(
-            name, f"rollout_{state['outcome']}", rollout.candidate, from_version=rollout.live, actor=actor,
-            reason=state["reason"], strategy=rollout.request.strategy, windows=state["windows"])) if p]
-        return {**state, "warnings": problems} if problems else state
-
-    async def _save_rollout(self, name: str, rollout: Rollout | None) -> str | None:
-        """Saves (or, with None, clears) the rollout as the registered model's ``fabric.rollout`` tag, so a
-        restarted gateway and every gateway replica pick it up; returns what went wrong, if anything."""
-        from mlflow import MlflowClient
-
-        def write() -> None:
-            client = MlflowClient(self.tracking_uri)
-            if rollout is not None:
-                client.set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(rollout.state()))
-            elif ROLLOUT_TAG in client.get_registered_model(name).tags:
-                client.delete_registered_model_tag(name, ROLLOUT_TAG)
-
-        try:
-            await asyncio.to_thread(write)
-            return None
-        except Exception as exc:
-            log.warning("fabric: could not save the rollout state of %s in the registry: %s", name, exc)
-            return f"rollout state not saved in the registry: {exc}"
-
-    async def _record(self, name: str, action: str, version: str, **fields: Any) -> str | None:
-        """An audit trail entry; a failed write is logged and returned, never raised into a request."""
-        from fabric import registry
-
-        try:
-            await asyncio.to_thread(registry.record_event, name, action, version, **fields)
-            return None
-        except Exception as exc:
-            log.warning("fabric: audit entry %s of %s v%s not written: %s", action, name, version, exc)
-            return f"audit entry not written: {exc}"
-
-    def _in_background(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.background.add(task)  # held, so the task is not garbage-collected before it ends
-        task.add_done_callback(self.background.discard)
 
     def __del__(self) -> None:
         """Serve calls this when the replica drains or shuts down: the buffered inference log rows are written."""
@@ -537,12 +383,13 @@ class Gateway:
                 raise RequestError(f"version {wanted.version} is already live", 409)
             await self._version_meta(name, wanted.version)  # loads it: 404 if it does not exist, 503 if it fails
             rollout = Rollout(wanted, info["live"], actor)
-            problem = await self._save_rollout(name, rollout)
+            problem = await self.traffic.save(name, rollout)
             if problem:  # a rollout that a restart would forget is not started
                 raise RequestError(f"{problem}; the rollout was not started", 503)
             self.rollouts[name] = rollout
-            audit = await self._record(name, f"rollout_{wanted.strategy}", wanted.version, from_version=info["live"],
-                                       actor=actor, reason=request.headers.get("x-reason"), percent=wanted.percent)
+            audit = await self.traffic.record(name, f"rollout_{wanted.strategy}", wanted.version, actor=actor,
+                                              from_version=info["live"], reason=request.headers.get("x-reason"),
+                                              percent=wanted.percent)
             return info["live"], {**rollout.status(), **({"warnings": [audit]} if audit else {})}
 
         return await self._serve(request, "rollout", name, work)
@@ -566,7 +413,8 @@ class Gateway:
                 raise RequestError(f"{name} has no rollout in progress", 409)
             reason = request.headers.get("x-reason") or "rolled back by an admin"
             rollout = self.rollouts[name]
-            return info["live"], await self._after_end(name, rollout, self._stop(name, "rolled_back", reason), actor)
+            state = self.traffic.stop(name, "rolled_back", reason)
+            return info["live"], await self.traffic.after_end(name, rollout, state, actor)
 
         return await self._serve(request, "rollout", name, work)
 
@@ -585,7 +433,7 @@ class Gateway:
                                     action=f"rollout_{rollout.request.strategy}_finished")
             self.rollouts.pop(name, None)
             self.ended[name] = {**rollout.status(), "outcome": "finished", "reason": reason, "ended": time.time()}
-            problem = await self._save_rollout(name, None)
+            problem = await self.traffic.save(name, None)
             self.infos.pop(name, None)
             state = {**self.ended[name], **({"warnings": [problem]} if problem else {})}
             return (await self._info(name))["live"], state

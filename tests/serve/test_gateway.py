@@ -74,7 +74,7 @@ def gateway(live: str = "1", saved: dict | None = None, **limits: int) -> Any:
     g.requests, g.latency, g.model = Recorder(), Recorder(), model
     g._registry_state = lambda name: (model.live, saved)
     g._version_exists = lambda name, version: version in FEATURES
-    g._save_rollout = lambda name, rollout: _none()
+    g.traffic.save = lambda name, rollout: _none()
     return g
 
 
@@ -220,9 +220,9 @@ def test_shadow_calls_are_capped_and_counted_and_never_delay_the_answer(audit):
         answers = [await asyncio.wait_for(g.model_invocations("m", request(records(a=1.0, b=2.0))), 5)
                    for _ in range(3)]
         state = g.rollouts["m"].status()["shadow"]
-        in_flight = len(g.shadow_tasks)
+        in_flight = len(g.traffic.shadow_tasks)
         g.model.gate.set()
-        await asyncio.gather(*g.shadow_tasks)
+        await asyncio.gather(*g.traffic.shadow_tasks)
         return answers, state, in_flight, g.rollouts["m"].status()["shadow"]
 
     answers, during, in_flight, after = run(go())
@@ -245,7 +245,7 @@ def test_a_failing_audit_write_never_fails_a_prediction(monkeypatch):
     async def go() -> list[int]:
         codes = [(await g.model_invocations("m", request(records(a=1.0, b=2.0, z=0.0)))).status_code
                  for _ in range(6)]
-        await asyncio.gather(*g.background)
+        await asyncio.gather(*g.traffic.background)
         return codes
 
     assert run(go()) == [200] * 6  # the broken candidate was rolled back; its audit write failed quietly
@@ -273,12 +273,13 @@ def test_a_rollout_is_saved_in_the_registry_and_taken_up_after_a_restart():
     import mlflow
 
     first = gateway()
-    first.tracking_uri = mlflow.get_tracking_uri()
+    first.traffic.tracking_uri = mlflow.get_tracking_uri()
     first.rollouts.clear()
     from fabric.serve.rollout import Rollout, RolloutRequest
+    from fabric.serve.traffic import Traffic
 
     rollout = Rollout(RolloutRequest(strategy="canary", version="2", percent=30), live="1", actor="alice")
-    assert run(GatewayClass._save_rollout(first, name, rollout)) is None
+    assert run(Traffic.save(first.traffic, name, rollout)) is None
     saved = json.loads(client.get_registered_model(name).tags["fabric.rollout"])
 
     restarted = gateway(saved=saved)  # a new replica reading the same registry state
@@ -287,7 +288,7 @@ def test_a_rollout_is_saved_in_the_registry_and_taken_up_after_a_restart():
     assert (again.candidate, again.live, again.actor, again.request.percent) == ("2", "1", "alice", 30.0)
     assert again.started == rollout.started
 
-    assert run(GatewayClass._save_rollout(first, name, None)) is None
+    assert run(Traffic.save(first.traffic, name, None)) is None
     assert "fabric.rollout" not in client.get_registered_model(name).tags
 
 
