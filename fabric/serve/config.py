@@ -62,7 +62,8 @@ class AuthConfig(FabricConfig):
         True, description="Refuse requests without a valid key. With no keys configured the app will not start."
     )
     keys_file: str | None = Field(
-        None, description="File of `KEY:ROLE` or `sha256:HEX:ROLE` lines, added to FABRIC_API_KEYS (KEY:ROLE,...)."
+        None, description="File of `KEY:ROLE[:NAME]` or `sha256:HEX:ROLE[:NAME]` lines, added to FABRIC_API_KEYS "
+        "(KEY:ROLE[:NAME],...); NAME is who the audit trail says acted with the key."
     )
 
 
