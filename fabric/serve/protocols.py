@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestError", "matrix_from_mlflow", "matrix_from_v2", "mlflow_response", "output_columns", "records",
-           "v2_metadata", "v2_response"]
+__all__ = ["RequestError", "datatype_of", "matrix_from_data", "matrix_from_mlflow", "matrix_from_v2",
+           "mlflow_response", "output_columns", "records", "v2_metadata", "v2_response"]
 
 V2_TYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
             "FP64"}
@@ -33,13 +33,16 @@ class RequestError(ValueError):
         self.status = status
 
 
-def _datatype(dtype: Any) -> str:
+def datatype_of(dtype: Any) -> str:
+    """The V2 datatype of a numpy dtype (strings and other objects are ``BYTES``)."""
     kind = np.dtype(dtype)
+    if kind.kind in "OUSMm":
+        return "BYTES"
     if kind == np.bool_:
         return "BOOL"
     if np.issubdtype(kind, np.integer):
         return f"{'U' if np.issubdtype(kind, np.unsignedinteger) else ''}INT{kind.itemsize * 8}"
-    return "FP32" if kind == np.float32 else "FP64"
+    return {2: "FP16", 4: "FP32"}.get(kind.itemsize, "FP64")
 
 
 def _numbers(values: Any, where: str) -> np.ndarray:
@@ -156,8 +159,31 @@ def matrix_from_mlflow(body: Any, features: list[str]) -> np.ndarray:
     raise RequestError("body: give dataframe_split or dataframe_records (MLflow's scoring format)")
 
 
+def matrix_from_data(data: Any, features: list[str], where: str = "body") -> np.ndarray:
+    """The feature matrix of a request that MLflow's own parser read (``instances``, ``inputs``, CSV): a DataFrame
+    or a dict of columns, named; a 2-D array, with the columns in the model's order."""
+    if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
+        names = [str(c) for c in data.columns]
+        return _matrix(names, data.to_numpy(dtype=object).tolist(), features, where)
+    if isinstance(data, dict):
+        columns = {str(k): np.asarray(v, dtype=object).reshape(-1) for k, v in data.items()}
+        if len({len(v) for v in columns.values()}) > 1:
+            raise RequestError(f"{where}: columns differ in length")
+        names = list(columns)
+        return _matrix(names, [list(row) for row in zip(*columns.values())], features, where)
+    array = np.asarray(data, dtype=object) if isinstance(data, (list, np.ndarray)) else None
+    if array is None or array.ndim != 2 or array.shape[1] != len(features):
+        shape = list(array.shape) if array is not None else type(data).__name__
+        raise RequestError(f"{where}: give named columns or rows of {len(features)} values (the model's features "
+                           f"in order: {', '.join(features)}); got {shape}")
+    return _matrix(features, array.tolist(), features, where)
+
+
 def output_columns(task: str, raw: np.ndarray) -> dict[str, np.ndarray]:
-    """A model's raw output as named columns: ``prediction`` (+ ``probability_<k>`` for a classifier)."""
+    """A model's raw output as named columns: ``prediction`` (+ ``probability_<k>`` for a classifier); the
+    columns themselves for a model served through its pyfunc (they come named)."""
+    if isinstance(raw, dict):
+        return raw
     if task == "regression":
         return {"prediction": raw}
     columns = {"prediction": raw.argmax(axis=1).astype("int64")}
@@ -174,7 +200,8 @@ def records(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def v2_response(name: str, version: str, columns: dict[str, np.ndarray], request_id: str | None) -> dict[str, Any]:
     outputs = [
-        {"name": c, "shape": [len(v)], "datatype": _datatype(v.dtype), "data": v.tolist()}
+        {"name": c, "shape": list(v.shape), "datatype": datatype_of(v.dtype),
+         "data": v.reshape(-1).tolist() if v.dtype.kind not in "Mm" else v.astype(str).reshape(-1).tolist()}
         for c, v in columns.items()
     ]
     response: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": outputs}
@@ -184,10 +211,17 @@ def v2_response(name: str, version: str, columns: dict[str, np.ndarray], request
 
 
 def mlflow_response(columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"predictions": ...}`` as ``mlflow models serve`` answers: one object per row for a DataFrame, the plain
+    values for an array (a pyfunc's ``predictions`` column)."""
+    if list(columns) == ["predictions"]:
+        return {"predictions": columns["predictions"].tolist()}
     return {"predictions": records(columns)}
 
 
 def v2_metadata(name: str, versions: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    if meta["task"] == "pyfunc":  # any MLflow model: its signature's inputs, outputs known only once it answers
+        return {"name": name, "versions": versions, "platform": f"mlflow_{meta['model_type']}",
+                "inputs": meta["inputs"], "outputs": []}
     outputs = [{"name": "prediction", "datatype": "INT64" if meta["task"] == "classification" else "FP64",
                 "shape": [-1]}]
     if meta["task"] == "classification":

@@ -1,0 +1,175 @@
+"""Inputs and outputs of any MLflow pyfunc model (scikit-learn, XGBoost, a custom ``PythonModel``...), for the
+models that are not fabric's own: parsed with MLflow's own scoring-server functions, so ``/invocations`` takes
+what ``mlflow models serve`` takes (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``, CSV,
+Parquet), checked against the model's signature when it has one, and answered as MLflow answers.
+
+Example::
+
+    meta = describe(mlflow.pyfunc.load_model("models:/iris@champion"))
+    data = parse_mlflow(b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}', "application/json", meta)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from fabric.serve.protocols import RequestError
+
+__all__ = ["KIND", "batchable", "columns_of", "describe", "parse_mlflow", "parse_v2", "rows_of"]
+
+KIND = "pyfunc"  # meta["task"] of a model served through MLflow's pyfunc rather than fabric's fast path
+V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float": "FP32", "double": "FP64",
+                "string": "BYTES", "binary": "BYTES", "datetime": "BYTES"}
+
+
+def describe(pyfunc: Any) -> dict[str, Any]:
+    """What the gateway needs of a model: its flavor, its signature's input names and its input schema (JSON)."""
+    schema = pyfunc.metadata.get_input_schema()
+    flavors = [f for f in pyfunc.metadata.flavors if f != "python_function"]
+    names = schema.input_names() if schema is not None and schema.has_input_names() else None
+    from mlflow.types import TensorSpec
+
+    from fabric.serve.protocols import datatype_of
+
+    inputs = []
+    for spec in schema.inputs if schema is not None else []:
+        if isinstance(spec, TensorSpec):
+            inputs.append({"name": spec.name or "input", "datatype": datatype_of(spec.type), "shape": list(spec.shape)})
+        else:
+            inputs.append({"name": spec.name, "datatype": V2_OF_MLFLOW.get(getattr(spec.type, "name", ""), "BYTES"),
+                           "shape": [-1]})
+    return {"task": KIND, "model_type": flavors[0] if flavors else "python_function",
+            "features": [str(n) for n in names] if names else None, "n_outputs": None,
+            "schema": schema.to_json() if schema is not None else None, "inputs": inputs}
+
+
+@functools.lru_cache(maxsize=64)
+def _schema(schema_json: str | None) -> Any:
+    if schema_json is None:
+        return None
+    from mlflow.types import Schema
+
+    return Schema.from_json(schema_json)
+
+
+def _refuse(exc: Exception) -> RequestError:
+    message = getattr(exc, "message", None) or str(exc)
+    return RequestError(message.split("\n\nFor more information")[0].strip() or type(exc).__name__, 422)
+
+
+def parse_mlflow(body: bytes, content_type: str, meta: dict[str, Any]) -> Any:
+    """The model input in an ``/invocations`` body, as ``mlflow models serve`` parses it, checked against the
+    model's signature (a 422 naming what does not fit)."""
+    from mlflow.pyfunc import scoring_server
+
+    schema = _schema(meta.get("schema"))
+    mime = content_type.split(";")[0].strip().lower()
+    try:
+        if mime == scoring_server.CONTENT_TYPE_CSV:
+            data = scoring_server.parse_csv_input(io.StringIO(body.decode("utf-8")), schema=schema)
+        elif mime == scoring_server.CONTENT_TYPE_PARQUET:
+            data = scoring_server.parse_parquet_input(io.BytesIO(body))
+        else:
+            try:
+                decoded = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+            if not isinstance(decoded, dict):
+                raise RequestError("body: must be a JSON object with one of dataframe_split, dataframe_records, "
+                                   "instances or inputs (MLflow's scoring format)", 422)
+            fields = {k: v for k, v in decoded.items() if k in scoring_server.SUPPORTED_FORMATS}
+            data = scoring_server.infer_and_parse_data(fields, schema)
+    except RequestError:
+        raise
+    except Exception as exc:  # MLflow's parsers raise MlflowException, pandas its own: all are the request's fault
+        raise _refuse(exc) from None
+    return enforce(data, meta)
+
+
+def enforce(data: Any, meta: dict[str, Any]) -> Any:
+    """``data`` as the model's signature wants it (MLflow's own check); unchanged without a signature."""
+    schema = _schema(meta.get("schema"))
+    if schema is None:
+        return data
+    from mlflow.models.utils import _enforce_schema
+
+    try:
+        return _enforce_schema(data, schema)
+    except Exception as exc:
+        raise _refuse(exc) from None
+
+
+def parse_v2(request: dict[str, Any], meta: dict[str, Any]) -> Any:
+    """The model input of a V2 request: a DataFrame of the 1-D tensors (one per column), or of one 2-D tensor
+    whose columns are the signature's inputs in order; the tensor itself (or a dict of them) for a model whose
+    signature is made of tensors."""
+    import pandas as pd
+
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError("inputs: a V2 request needs a non-empty list of input tensors")
+    tensors: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not all(k in tensor for k in ("name", "shape", "datatype", "data")):
+            raise RequestError(f"inputs[{i}]: must be an object with name, shape, datatype and data")
+        shape = tensor["shape"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise RequestError(f"inputs[{i}].shape: must be a list of non-negative integers")
+        data = np.asarray(tensor["data"], dtype=object if tensor["datatype"] == "BYTES" else None)
+        if data.dtype == object:
+            data = np.array([v.decode() if isinstance(v, bytes) else v for v in data.reshape(-1)], dtype=object)
+        if data.size != int(np.prod(shape)):
+            raise RequestError(f"inputs[{i}].data: holds {data.size} values but shape {shape} needs "
+                               f"{int(np.prod(shape))}")
+        tensors[str(tensor["name"])] = data.reshape(shape)
+    schema = _schema(meta.get("schema"))
+    if schema is not None and schema.is_tensor_spec():
+        data = next(iter(tensors.values())) if len(tensors) == 1 and not schema.has_input_names() else tensors
+    elif len(tensors) == 1 and next(iter(tensors.values())).ndim == 2:
+        matrix = next(iter(tensors.values()))
+        names = meta.get("features") or list(range(matrix.shape[1]))
+        if len(names) != matrix.shape[1]:
+            raise RequestError(f"inputs[0].shape: a 2-D input needs {len(names)} columns (the model's inputs "
+                               f"{', '.join(map(str, names))}), got {matrix.shape[1]}")
+        data = pd.DataFrame(matrix, columns=names)
+    else:
+        if any(t.ndim != 1 for t in tensors.values()) or len({len(t) for t in tensors.values()}) > 1:
+            raise RequestError("inputs: give one 1-D tensor per column, all of one length, or one 2-D tensor")
+        data = pd.DataFrame(tensors)
+    return enforce(data, meta)
+
+
+def rows_of(data: Any) -> int | None:
+    """How many rows ``data`` holds when it can be merged with others into one batch (None: it cannot)."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return len(data)
+    return None
+
+
+def batchable(items: list[Any]) -> bool:
+    """Whether these inputs can go to the model as one call: DataFrames with the same columns."""
+    import pandas as pd
+
+    return len(items) > 1 and all(isinstance(d, pd.DataFrame) for d in items) and \
+        len({tuple(d.columns) for d in items}) == 1
+
+
+def columns_of(raw: Any) -> dict[str, np.ndarray]:
+    """A pyfunc's output as named columns (V2 output tensors): a DataFrame's columns, a Series, an array or a
+    list as ``predictions``, a dict's entries."""
+    import pandas as pd
+
+    if isinstance(raw, pd.DataFrame):
+        return {str(c): raw[c].to_numpy() for c in raw.columns}
+    if isinstance(raw, pd.Series):
+        return {"predictions": raw.to_numpy()}
+    if isinstance(raw, dict):
+        return {str(k): np.asarray(v) for k, v in raw.items()}
+    return {"predictions": np.asarray(raw)}
