@@ -2,7 +2,8 @@
 
 ``NAME`` is a registered model that :func:`llm.adapter.log_adapter` registered (a pyfunc whose artifact
 ``adapter`` is the peft folder). Without a version the latest one is served. The folder is downloaded once into
-``$FABRIC_HOME/models/adapters/NAME/VERSION`` (versions never change).
+``$FABRIC_HOME/models/adapters/NAME/VERSION`` (versions never change). ``NAME`` is checked against
+:data:`ADAPTER_PATTERN` before it reaches a registry query or a path (404 otherwise).
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ from pathlib import Path
 
 from llm.serving.openai_protocol import ApiError
 
-__all__ = ["adapter_folder", "split_model"]
+__all__ = ["ADAPTER_PATTERN", "adapter_folder", "split_model"]
+
+# A registered model name (letters, digits, '.', '_', '-'; no quotes, spaces or path parts), then maybe /VERSION.
+ADAPTER_PATTERN = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,199})(?:/(?P<version>[1-9]\d{0,9}))?")
+
+
+def _checked(adapter: str, model: str) -> tuple[str, str]:
+    """(name, version or '') of a valid adapter id; 404 naming the rule otherwise."""
+    match = ADAPTER_PATTERN.fullmatch(adapter)
+    if match is None:
+        raise ApiError(f"model {model!r}: an adapter is NAME or NAME/VERSION, NAME of letters, digits, '.', '_' "
+                       "and '-' (a registered model)", 404, "model", "model_not_found")
+    return match["name"], match["version"] or ""
 
 
 def split_model(model: str, base_id: str) -> tuple[str, str | None]:
@@ -24,9 +37,8 @@ def split_model(model: str, base_id: str) -> tuple[str, str | None]:
     if base != base_id:
         raise ApiError(f"model {model!r} is not served here; served: {base_id!r} (adapters: {base_id}:NAME or "
                        f"{base_id}:NAME/VERSION)", 404, "model", "model_not_found")
-    if colon and not re.fullmatch(r"[^/\s]+(/\d+)?", adapter):
-        raise ApiError(f"model {model!r}: an adapter is NAME or NAME/VERSION (a registered model)", 404, "model",
-                       "model_not_found")
+    if colon:
+        _checked(adapter, model)
     return base, adapter or None
 
 
@@ -36,7 +48,7 @@ def adapter_folder(adapter: str, base_source: str, cache: Path) -> Path:
 
     from fabric.registry import mlflow_client
 
-    name, _, version = adapter.partition("/")
+    name, version = _checked(adapter, adapter)  # never let a quote into the filter string below
     client = mlflow_client()
     try:
         if not version:

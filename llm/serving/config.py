@@ -37,6 +37,8 @@ class LLMLimits(FabricConfig):
     default_max_tokens: int = Field(128, ge=1, description="max_tokens of a request that gives none.")
     max_concurrent_requests: int = Field(32, ge=1, description="Requests in flight at once; more get 429.")
     max_request_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413.")
+    request_timeout_s: float = Field(300.0, gt=0, description="A request not answered (or a stream not finished) "
+                                     "within this many seconds is cancelled: 504, or an error event in a stream.")
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMLimits:
@@ -87,7 +89,8 @@ class LLMServeConfig(FabricConfig):
     kind: Literal["llm"] = Field("llm", description="Marks an LLM serve config (tabular configs have no kind).")
     name: str = Field("llm", min_length=1, description="Ray Serve application name.")
     route_prefix: str = Field("/", description="HTTP path the application is mounted at.")
-    host: str = Field("127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0 on a cluster).")
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy listens on: loopback only by default; "
+                      "0.0.0.0 (all interfaces) only when other machines must reach it.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
     engine: Literal["transformers", "vllm"] = Field("transformers", description="transformers (embedded, CPU) or "
                                                     "vllm (ray.serve.llm, GPUs).")
@@ -96,7 +99,8 @@ class LLMServeConfig(FabricConfig):
     transformers: TransformersEngineConfig = Field(default_factory=TransformersEngineConfig,
                                                    description="Settings of the transformers engine.")
     vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="Settings of the vLLM engine.")
-    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (transformers engine).")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, checked by the gateway of the "
+                             "transformers engine; engine: vllm cannot check them and refuses required: true.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Where Ray and MLflow are.")
 
     @model_validator(mode="after")

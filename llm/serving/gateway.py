@@ -3,10 +3,17 @@
 Everything a request can get wrong is decided here, before the engine sees it, and answered in OpenAI's error
 shape: 401/403 (API keys, as for the tabular endpoints), 404 (unknown model or adapter), 413 (body too big),
 422 (bad JSON, wrong types), 400 (max_tokens over the cap, prompt plus max_tokens over the context length,
-unsupported options), 429 (too many requests in flight). Streams are server-sent events in OpenAI's chunk
-format, ending with ``data: [DONE]``.
+unsupported options or a ``response_format`` that cannot be enforced), 429 (too many requests in flight), 503
+(the engine is down: its decoding thread died or its replica is gone), 504 (no answer within
+``limits.request_timeout_s``). Streams are server-sent events in OpenAI's chunk format, ending with
+``data: [DONE]``; a stream that fails or times out once started ends with an OpenAI error event instead.
+
+Each admitted request holds one of ``limits.max_concurrent_requests`` slots (:class:`_Slot`) until it is answered,
+its stream ends, or its stream is dropped unread (the client left before the first chunk was sent).
+``GET /health`` asks the engine too: 503 when it cannot decode.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +29,7 @@ from llm.serving.adapters import split_model
 from llm.serving.config import LLMLimits, LLMModel
 from llm.serving.generation import Job
 from llm.serving.openai_protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from llm.serving.structured import grammar_for
 
 __all__ = ["OpenAIGateway"]
 
@@ -29,6 +37,34 @@ log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="fabric LLM serving", description="OpenAI-compatible chat and text completions. Send "
               "`Authorization: Bearer KEY`.")
+
+
+class _Slot:
+    """One admitted request's place under ``max_concurrent_requests``; released exactly once.
+
+    A stream's body is a generator that Starlette may never start (the client left before the first chunk was
+    sent): its ``finally`` would never run, so the slot is also released, and the engine's stream cancelled,
+    when the unread body is garbage-collected.
+    """
+
+    def __init__(self, gateway: Any):
+        self.gateway, self.held, self.on_release = gateway, True, None
+        gateway.in_flight += 1
+
+    def release(self, cancel: bool = True) -> None:
+        if not self.held:
+            return
+        self.held = False
+        self.gateway.in_flight -= 1
+        if cancel and self.on_release is not None:
+            self.on_release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 @serve.deployment
@@ -50,8 +86,15 @@ class OpenAIGateway:
         self.created = int(time.time())
 
     @api.get("/health")
-    async def health(self) -> dict[str, bool]:
-        return {"live": True}
+    async def health(self) -> JSONResponse:
+        """200 when the engine can decode; 503 with the reason when it cannot (the gateway itself is live)."""
+        try:
+            await asyncio.wait_for(_awaited(self.engine.health.remote()), timeout=10)
+        except Exception as exc:
+            cause = getattr(exc, "cause", exc)
+            reason = cause.message if isinstance(cause, ApiError) else f"{type(exc).__name__}: {exc}"[:300]
+            return JSONResponse({"live": True, "ready": False, "reason": reason}, status_code=503)
+        return JSONResponse({"live": True, "ready": True})
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
@@ -122,13 +165,15 @@ class OpenAIGateway:
                            f"({len(prompt_ids) + max_tokens} in all); shorten the prompt or lower max_tokens",
                            400, "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
                            "context_length_exceeded")
+        grammar = grammar_for(req.response_format) if isinstance(req, ChatCompletionRequest) else None
         return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                   stop=req.stops(), seed=req.seed)
+                   stop=req.stops(), seed=req.seed, grammar=grammar)
 
     async def _answer(self, request: Request, cls: type) -> Any:
         chat = cls is ChatCompletionRequest
         rid = oai.new_id("chatcmpl" if chat else "cmpl")
-        admitted = False
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        slot: _Slot | None = None
         try:
             self._authorize(request)
             req = oai.parse_request(await self._body(request), cls)
@@ -137,16 +182,17 @@ class OpenAIGateway:
             if self.in_flight >= self.limits.max_concurrent_requests:
                 raise ApiError(f"{self.in_flight} requests are in flight, the server's limit is "
                                f"{self.limits.max_concurrent_requests}; retry shortly", 429)
-            self.in_flight += 1
-            admitted = True
+            slot = _Slot(self)
             engine = self.engine.options(multiplexed_model_id=adapter) if adapter else self.engine
             if req.stream:
                 events = engine.options(stream=True).stream.remote(job)
-                first = await self._engine_call(events.__anext__())
-                admitted = False  # the stream releases its slot when it ends
-                return StreamingResponse(self._sse(req, rid, chat, len(job.prompt_ids), first, events),
-                                         media_type="text/event-stream", headers={"x-request-id": rid})
-            result = await self._engine_call(engine.complete.remote(job))
+                slot.on_release = events.cancel  # an abandoned stream stops decoding too
+                first = await self._engine_call(events.__anext__(), deadline, events)
+                body = self._sse(req, rid, chat, len(job.prompt_ids), first, events, slot, deadline)
+                slot = None  # the stream owns it now: released when the stream ends or is dropped unread
+                return StreamingResponse(body, media_type="text/event-stream", headers={"x-request-id": rid})
+            response = engine.complete.remote(job)
+            result = await self._engine_call(response, deadline, response)
             build = oai.chat_response if chat else oai.text_response
             return JSONResponse(build(rid, req.model, result["text"], result["finish_reason"], len(job.prompt_ids),
                                       result["completion_tokens"]), headers={"x-request-id": rid})
@@ -156,11 +202,12 @@ class OpenAIGateway:
             log.exception("fabric llm: request %s failed", rid)
             return self._error(ApiError(f"the engine failed: {type(exc).__name__}: {str(exc)[:500]}", 500))
         finally:
-            if admitted:
-                self.in_flight -= 1
+            if slot is not None:
+                slot.release(cancel=False)
 
     async def _sse(self, req: Any, rid: str, chat: bool, prompt_tokens: int, first: dict[str, Any],
-                   events: Any) -> AsyncIterator[bytes]:
+                   events: Any, slot: _Slot, deadline: float) -> AsyncIterator[bytes]:
+        finished = False
         try:
             if chat:
                 yield oai.sse(oai.chat_chunk(rid, req.model, {"role": "assistant", "content": ""}))
@@ -174,20 +221,35 @@ class OpenAIGateway:
                         yield oai.sse(oai.text_chunk(rid, req.model, event["text"], event["finish_reason"]))
                 if event["finish_reason"]:
                     break
-                event = await events.__anext__()
+                event = await self._engine_call(events.__anext__(), deadline, events)
+            finished = True
             if (req.stream_options or {}).get("include_usage"):
                 counts = oai.usage(prompt_tokens, event["completion_tokens"])
                 yield oai.sse(oai.chat_chunk(rid, req.model, None, counts=counts) if chat
                               else oai.text_chunk(rid, req.model, "", counts=counts))
             yield oai.sse("[DONE]")
+        except Exception as exc:  # headers are sent: the stream ends with an error event (the SDK raises it)
+            error = exc if isinstance(exc, ApiError) else ApiError(f"the engine failed: {type(exc).__name__}", 500)
+            if not isinstance(exc, ApiError):
+                log.exception("fabric llm: stream %s failed", rid)
+            yield oai.sse(oai.error_body(error))
         finally:
-            self.in_flight -= 1
+            slot.release(cancel=not finished)
 
-    @staticmethod
-    async def _engine_call(awaitable: Any) -> Any:
-        """Awaits an engine call; an :class:`ApiError` raised in the engine (unknown adapter) keeps its status."""
+    async def _engine_call(self, awaitable: Any, deadline: float, response: Any) -> Any:
+        """Awaits an engine call until ``deadline``: 504 (and the call cancelled) past it, 503 if the engine is
+        down; an :class:`ApiError` raised in the engine (unknown adapter) keeps its status."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+        from ray.serve.exceptions import DeploymentUnavailableError
+
         try:
-            return await awaitable
+            return await asyncio.wait_for(_awaited(awaitable), timeout=max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise ApiError(f"no answer within limits.request_timeout_s={self.limits.request_timeout_s:g} s; "
+                           "ask for fewer tokens or retry later", 504, code="timeout") from None
+        except (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError) as exc:
+            raise ApiError(f"the engine is unavailable ({type(exc).__name__}); retry shortly", 503) from None
         except Exception as exc:
             cause = getattr(exc, "cause", exc)  # Ray wraps what the replica raised
             if isinstance(cause, ApiError):
@@ -198,3 +260,4 @@ class OpenAIGateway:
     def _error(exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(oai.error_body(exc), status_code=exc.status, headers=headers)
+

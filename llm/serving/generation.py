@@ -37,6 +37,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     adapter: str | None = None
+    grammar: str | None = None  # llguidance grammar of response_format (llm.serving.structured); None: free text
 
 
 @dataclass
@@ -77,17 +78,23 @@ class StopText:
 
 
 class _Row:
-    def __init__(self, job: Job, tokenizer: Any):
+    def __init__(self, job: Job, tokenizer: Any, constraint: Any = None):
         import torch
 
         self.job, self.ids, self.done = job, [], False
         self.text = StopText(tokenizer, job.stop)
+        self.constraint = constraint  # a structured.Constraint when the request asked for JSON
         self.generator = torch.Generator().manual_seed(job.seed if job.seed is not None
                                                        else random.getrandbits(63))
 
     def pick(self, logits: Any) -> int:
         import torch
 
+        if self.constraint is not None:  # tokens the grammar forbids can never be picked
+            allowed = self.constraint.allowed(logits.shape[-1])
+            logits = logits.clone()
+            logits[:len(allowed)][~allowed] = float("-inf")
+            logits[len(allowed):] = float("-inf")
         if self.job.temperature == 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float() / self.job.temperature, dim=-1)
@@ -197,6 +204,18 @@ class Decoder:
         self.eos_ids = set(eos_ids or {tokenizer.eos_token_id})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.device = next(model.parameters()).device
+        self._ll_tokenizer: Any = None
+
+    def constraint(self, job: Job) -> Any:
+        """The grammar state of a job that asked for structured output (None for free text)."""
+        if job.grammar is None:
+            return None
+        from llm.serving.structured import Constraint, ll_tokenizer
+
+        if self._ll_tokenizer is None:  # built on the first structured request (about 1 s)
+            vocab = getattr(self.model.config, "vocab_size", None) or len(self.tokenizer)
+            self._ll_tokenizer = ll_tokenizer(self.tokenizer, vocab, self.eos_ids)
+        return Constraint(self._ll_tokenizer, job.grammar)
 
     def run(self, jobs: list[Job]) -> Iterator[list[Event | None]]:
         """Decodes ``jobs`` as one batch: one list per forward step, for each job an :class:`Event` or None once
@@ -224,7 +243,8 @@ class Decoder:
         width = max(len(j.prompt_ids) for j in jobs)
         input_ids = torch.tensor([[self.pad_id] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-        return _Batch(rows=[_Row(job, self.tokenizer) for job in jobs], input_ids=input_ids, mask=mask,
+        rows = [_Row(job, self.tokenizer, self.constraint(job)) for job in jobs]
+        return _Batch(rows=rows, input_ids=input_ids, mask=mask,
                       positions=(mask.cumsum(-1) - 1).clamp(min=0), cache=self._cache())
 
     @torch_inference_mode
@@ -305,7 +325,9 @@ class Decoder:
     def _advance(self, row: _Row, token: int) -> Event:
         """Adds ``token`` to the row, marks it done on EOS, a stop string or max_tokens; the text to release."""
         row.ids.append(token)
-        eos = token in self.eos_ids
+        if row.constraint is not None:
+            row.constraint.consume(token)
+        eos = token in self.eos_ids or (row.constraint is not None and row.constraint.finished)
         at_limit = len(row.ids) >= row.job.max_tokens
         text, stopped = row.text.update(row.ids, final=eos or at_limit)
         if eos or stopped or at_limit:

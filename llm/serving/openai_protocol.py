@@ -19,7 +19,7 @@ __all__ = ["ApiError", "ChatCompletionRequest", "CompletionRequest", "chat_chunk
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error"}
+               429: "rate_limit_error", 503: "server_error", 504: "timeout"}
 
 
 class ApiError(Exception):
@@ -82,6 +82,7 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None  # enforced by llm.serving.structured
 
     def unsupported(self) -> None:
         super().unsupported()

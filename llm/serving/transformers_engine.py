@@ -1,14 +1,15 @@
 """The embedded engine: one base model in Hugging Face transformers, batched and with LoRA adapters, on Ray Serve.
 
-* Continuous batching: one decoding thread per replica decodes a running batch
-  (:class:`llm.serving.generation.Batch`) one forward step at a time; requests that arrive join it between steps
-  (up to ``max_batch_size`` rows; the rest wait their turn), finished ones leave it, and a request whose client
-  has gone is dropped at the next step. Each step's tokens go back to their requests as they are decoded.
-  An idle engine may wait ``batch_wait_timeout_s`` for companions before its first step (0 by default: later
-  arrivals join the running batch anyway).
-* Adapters: ``@serve.multiplexed`` loads a registered adapter (``model="BASE:NAME[/VERSION]"``) with peft onto
-  the one base model; a batch may mix adapters and the base model (peft's ``adapter_names``). Least recently
-  used adapters are dropped beyond ``max_adapters_per_replica``.
+* Continuous batching: one decoding thread per replica (:class:`llm.serving.scheduler.DecodingLoop`) decodes a
+  running batch one forward step at a time; requests join it between steps, finished ones leave it, and a
+  request whose client has gone is dropped at the next step. An idle engine may wait ``batch_wait_timeout_s``
+  for companions before its first step (0 by default: later arrivals join the running batch anyway).
+* Health: if the decoding thread dies, requests get 503 at once and Ray Serve's health check
+  (:meth:`TransformersEngine.check_health`) replaces the replica; ``GET /health`` on the gateway reports it.
+* Adapters: ``serve.multiplexed`` loads a registered adapter (``model="BASE:NAME[/VERSION]"``) with peft onto
+  the one base model; a batch may mix adapters and the base model (peft's ``adapter_names``). Beyond
+  ``max_adapters_per_replica`` the least recently used adapter is evicted (deleted from the model between steps,
+  once no running request uses it).
 
 :func:`build_transformers_app` binds the engine behind the OpenAI gateway (:mod:`llm.serving.gateway`).
 """
@@ -16,26 +17,27 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
-import queue
-import re
 import threading
-import time
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from ray import serve
 
 from llm.serving.config import LLMServeConfig, TransformersEngineConfig
-from llm.serving.generation import Batch, Decoder, Event, Job
+from llm.serving.generation import Decoder, Job
+from llm.serving.scheduler import DecodingLoop
 
 __all__ = ["TransformersEngine", "build_transformers_app"]
 
-MULTIPLEX_ATTR = "__serve_multiplex_wrapper"  # where Ray keeps the LRU of multiplexed models on the replica
 log = logging.getLogger(__name__)
+
+
+def peft_name(adapter_id: str) -> str:
+    """A peft adapter name for ``NAME[/VERSION]`` that no other adapter id can share (no dots: module keys)."""
+    return "adapter_" + hashlib.sha256(adapter_id.encode()).hexdigest()[:20]
 
 
 class _LoadedAdapter:
@@ -45,7 +47,7 @@ class _LoadedAdapter:
         self.name, self.retired, self.gone = name, retired, False
 
     def __del__(self) -> None:
-        if not self.gone:
+        if not self.gone:  # no lock: this may run in any thread, and set.add is atomic
             self.gone = True
             self.retired.add(self.name)
 
@@ -76,18 +78,37 @@ class TransformersEngine:
         self.decoder = Decoder(model, tokenizer, eos_ids)
         self.lock = threading.Lock()  # one forward at a time; adapters change only between forwards
         self.retired: set[str] = set()
-        # Requests and cancellations go to the decoding thread, which alone owns the running batch; it hands each
-        # step's events back to the replica's event loop (OpenMP also keeps its threads per calling thread).
-        self.inbox: queue.SimpleQueue[tuple[str, Job]] = queue.SimpleQueue()
-        self.outboxes: dict[Job, asyncio.Queue[Event | BaseException]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.decoding = threading.Thread(target=self._decode_forever, name="llm-decoder", daemon=True)
+        self.adapter_ids: dict[str, str] = {}  # peft name -> NAME[/VERSION], of adapters on the model
+        # The decoding thread alone owns the running batch (OpenMP also keeps its threads per calling thread).
+        self.decoding = DecodingLoop(self.decoder, self.settings.max_batch_size, self.settings.batch_wait_timeout_s,
+                                     lock=self.lock, before_step=self._drop_retired)
+
+        async def load_adapter(adapter_id: str) -> _LoadedAdapter:  # Ray's LRU, of the configured size
+            return await self._load_adapter(adapter_id)
+
+        self._adapter = serve.multiplexed(
+            max_num_models_per_replica=self.settings.max_adapters_per_replica)(load_adapter)
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic health check: a replica whose decoding thread died is replaced."""
+        self.decoding.check()
+
+    async def health(self) -> dict[str, Any]:
+        """What the gateway's ``GET /health`` reports (raises ApiError 503 when the engine cannot decode)."""
+        self.decoding.check()
+        return {"ready": True, "adapters": self.adapters()}
+
+    def adapters(self) -> list[str]:
+        """The adapters (``NAME[/VERSION]``) whose weights are on the model now."""
+        with self.lock:
+            loaded = set(getattr(self.decoder.model, "peft_config", {})) - self.retired
+            return sorted(self.adapter_ids[name] for name in loaded if name in self.adapter_ids)
 
     async def complete(self, job: Job) -> dict[str, Any]:
         """The whole answer of one request: text, finish reason and completion token count."""
         await self._attach_adapter(job)
         parts, last = [], None
-        async for event in self._generate(job):
+        async for event in self.decoding.generate(job):
             parts.append(event["text"])
             last = event
         return {**last, "text": "".join(parts)}
@@ -95,95 +116,30 @@ class TransformersEngine:
     async def stream(self, job: Job) -> AsyncIterator[dict[str, Any]]:
         """The answer of one request as it is decoded: one event dict per step."""
         await self._attach_adapter(job)
-        async for event in self._generate(job):
+        async for event in self.decoding.generate(job):
             yield event
-
-    async def _generate(self, job: Job) -> AsyncIterator[dict[str, Any]]:
-        """Hands ``job`` to the decoding thread and yields its events until it finishes."""
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self.decoding.start()
-        outbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self.outboxes[job] = outbox
-        self.inbox.put(("add", job))
-        finished = False
-        try:
-            while not finished:
-                event = await outbox.get()
-                if isinstance(event, BaseException):
-                    raise event
-                finished = event.finish_reason is not None
-                yield asdict(event)
-        finally:
-            del self.outboxes[job]
-            if not finished:  # the client has gone (or its step failed): free its place in the batch
-                self.inbox.put(("cancel", job))
-
-    def _decode_forever(self) -> None:
-        """The decoding thread: steps the running batch while it has work; requests join between steps."""
-        batch, waiting = Batch(self.decoder), deque()
-        while True:
-            news = []
-            if not waiting and not len(batch):
-                news.append(self.inbox.get())  # idle: sleep until a request comes
-                if self.settings.batch_wait_timeout_s:
-                    time.sleep(self.settings.batch_wait_timeout_s)
-            while not self.inbox.empty():
-                news.append(self.inbox.get())
-            cancelled = set()
-            for kind, job in news:
-                if kind == "add":
-                    waiting.append(job)
-                elif job in waiting:
-                    waiting.remove(job)
-                else:
-                    cancelled.add(job)
-            if not waiting and not len(batch):
-                continue
-            joining: list[Job] = []
-            if batch.accepts_joins:
-                while waiting and len(batch) + len(joining) < self.settings.max_batch_size:
-                    joining.append(waiting.popleft())
-            try:
-                with self.lock:
-                    for job in cancelled.intersection(batch.jobs()):
-                        batch.cancel(job)
-                    if self.retired:
-                        self._drop_retired({job.adapter for job in batch.jobs() + joining})
-                    events: list[tuple[Job, Event | BaseException]] = list(batch.step(joining))
-            except Exception as error:  # a failed step fails the requests in it, not the replica
-                log.exception("decoding step failed")
-                events, batch = [(job, error) for job in joining + batch.jobs()], Batch(self.decoder)
-            self.loop.call_soon_threadsafe(self._deliver, events)
-
-    def _deliver(self, events: list[tuple[Job, Event | BaseException]]) -> None:
-        for job, event in events:
-            if (outbox := self.outboxes.get(job)) is not None:
-                outbox.put_nowait(event)
 
     async def _attach_adapter(self, job: Job) -> None:
         adapter_id = serve.get_multiplexed_model_id()
         if adapter_id:
             job.adapter = (await self._adapter(adapter_id)).name
 
-    @serve.multiplexed(max_num_models_per_replica=4)
-    async def _adapter(self, adapter_id: str) -> _LoadedAdapter:
+    async def _load_adapter(self, adapter_id: str) -> _LoadedAdapter:
         from llm.models import model_cache
         from llm.serving.adapters import adapter_folder
 
-        wrapper = getattr(self, MULTIPLEX_ATTR, None)
-        if wrapper is not None:
-            wrapper.max_num_models_per_replica = self.settings.max_adapters_per_replica
+        self.decoding.check()
         folder = await asyncio.to_thread(adapter_folder, adapter_id, self.source, model_cache())
-        name = re.sub(r"[^A-Za-z0-9_]", "_", adapter_id)
-        await asyncio.to_thread(self._load_adapter, name, str(folder))
+        name = peft_name(adapter_id)
+        await asyncio.to_thread(self._put_adapter, name, adapter_id, str(folder))
         return _LoadedAdapter(name, self.retired)
 
-    def _load_adapter(self, name: str, folder: str) -> None:
+    def _put_adapter(self, name: str, adapter_id: str, folder: str) -> None:
         from peft import PeftModel
 
         with self.lock:
             self.retired.discard(name)
+            self.adapter_ids[name] = adapter_id
             model = self.decoder.model
             if not hasattr(model, "peft_config"):
                 self.decoder.model = PeftModel.from_pretrained(model, folder, adapter_name=name).eval()
@@ -194,9 +150,14 @@ class TransformersEngine:
     def _drop_retired(self, in_use: set[str | None]) -> None:
         """Deletes adapters Ray's LRU has let go of and no running request uses (the caller holds the lock)."""
         for name in sorted(self.retired - in_use):
-            if name in getattr(self.decoder.model, "peft_config", {}):
-                self.decoder.model.delete_adapter(name)
+            model = self.decoder.model
+            if list(getattr(model, "peft_config", {})) == [name]:
+                # peft keeps a deleted last adapter "active" (and then fails): go back to the plain base model
+                self.decoder.model = model.unload()
+            elif name in getattr(model, "peft_config", {}):
+                model.delete_adapter(name)
             self.retired.discard(name)
+            self.adapter_ids.pop(name, None)
 
 
 def build_transformers_app(cfg: LLMServeConfig, tracking_uri: str | None = None) -> Any:

@@ -5,6 +5,12 @@ Our YAML becomes one ``LLMConfig``: the model's id and source, vLLM's engine arg
 (``model="BASE:ADAPTER"``, as for the transformers engine). ``ray.serve.llm`` raises ImportError when vLLM is
 not installed, so it is imported only here, only when the app is built.
 
+Ray Serve LLM's OpenAI router checks no API keys and none of ``limits`` but the context length
+(``max_model_len``) and the requests in flight (``max_num_seqs``, ``max_ongoing_requests``); it does not sit
+behind fabric's gateway. So :func:`build_vllm_app` refuses ``auth.required: true`` (the default) before anything
+starts, rather than serve an open endpoint that looks protected: set ``auth.required=false`` and keep ``host``
+on a private address, behind a proxy that checks keys.
+
 Example:
     >>> cfg = LLMServeConfig.from_yaml("configs/serve/llm_vllm_gpu.yaml")
     >>> llm_config_dict(cfg)["engine_kwargs"]["tensor_parallel_size"]
@@ -18,7 +24,7 @@ from typing import Any
 from fabric.config import ConfigError
 from llm.serving.config import LLMServeConfig
 
-__all__ = ["build_vllm_app", "llm_config_dict"]
+__all__ = ["build_vllm_app", "check_vllm_auth", "llm_config_dict"]
 
 
 def llm_config_dict(cfg: LLMServeConfig) -> dict[str, Any]:
@@ -51,8 +57,22 @@ def llm_config_dict(cfg: LLMServeConfig) -> dict[str, Any]:
     return config
 
 
+def check_vllm_auth(cfg: LLMServeConfig) -> None:
+    """Raises :class:`ConfigError` when ``cfg`` asks for API keys, which Ray Serve LLM's router cannot check."""
+    if cfg.auth.required:
+        raise ConfigError(
+            "auth.required is true, but engine: vllm serves Ray Serve LLM's own OpenAI router, which checks no API "
+            "keys (nor limits.max_tokens or limits.max_request_bytes); fabric's key-checking gateway fronts only "
+            "engine: transformers. Set auth.required=false and keep host on a private address (127.0.0.1, or a "
+            "cluster-internal one behind a proxy that checks keys), or use engine: transformers")
+
+
 def build_vllm_app(cfg: LLMServeConfig) -> Any:
-    """Ray Serve LLM's OpenAI app for ``cfg`` (needs vLLM: ``pip install 'llmops-fabric[vllm]'``)."""
+    """Ray Serve LLM's OpenAI app for ``cfg`` (needs vLLM: ``pip install 'llmops-fabric[vllm]'``).
+
+    Refuses ``auth.required: true`` first (:func:`check_vllm_auth`), with or without vLLM installed.
+    """
+    check_vllm_auth(cfg)
     try:
         from ray.serve.llm import LLMConfig, build_openai_app
     except ImportError as exc:

@@ -15,7 +15,7 @@ def smollm2_folder() -> Path:
     return resolve_model()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """SmolLM2's tokenizer with its chat template, read straight from the GGUF file (no conversion)."""
     from transformers import AutoTokenizer
@@ -24,3 +24,15 @@ def smollm2_tokenizer():
 
     path = smollm2_gguf()
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def tiny(smollm2_tokenizer):
+    """A tiny random Llama with SmolLM2's vocabulary: decodes in milliseconds, says nothing meaningful."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).eval(), smollm2_tokenizer

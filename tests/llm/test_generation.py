@@ -3,20 +3,7 @@ batching) decode exactly what they decode alone, and cancelled or finished rows 
 
 from __future__ import annotations
 
-import pytest
-
 NO_EOS = {-1}  # random weights: every row decodes exactly max_tokens tokens
-
-
-@pytest.fixture(scope="module")
-def tiny(smollm2_tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    return LlamaForCausalLM(config).eval(), smollm2_tokenizer
 
 
 def _prompts(tokenizer) -> list[list[int]]:

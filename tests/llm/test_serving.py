@@ -1,5 +1,6 @@
 """The OpenAI-compatible LLM API on the session's Ray, driven by the official `openai` client: chat and text
-completions, streaming, usage counts, sampling settings, batching, limits and errors, API keys, LoRA adapters."""
+completions, streaming, usage counts, sampling settings, batching, limits and errors, API keys, LoRA adapters
+(evicted LRU), structured output (response_format, and LangChain's with_structured_output), health."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from tests.helpers import free_ports, run_serve_app
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
 ADAPTER = "served-chat-lora"
+OTHER_ADAPTER = "served_chat_lora"  # a different registered model whose name differs only by '_' for '-'
 KEY, ADMIN_KEY = "llm-test-key", "llm-test-admin"
 QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 
-def _register_adapter(folder: Path) -> str:
+def _register_adapter(folder: Path, name: str = ADAPTER, seed: int = 0) -> str:
     """A LoRA adapter with random (non-zero) B weights on SmolLM2, registered the way finetune_lora does."""
     import mlflow
     import torch
@@ -31,13 +33,13 @@ def _register_adapter(folder: Path) -> str:
 
     from llm.adapter import log_adapter
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(folder)
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                            init_lora_weights=False))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
         lora.save_pretrained(tmp)
-        cfg = SimpleNamespace(model=SimpleNamespace(source=MODEL), registry=SimpleNamespace(model_name=ADAPTER))
+        cfg = SimpleNamespace(model=SimpleNamespace(source=MODEL), registry=SimpleNamespace(model_name=name))
         prepared = SimpleNamespace(pinned="test://random-lora", commit="none")
         return log_adapter(cfg, Path(tmp), prepared, {})["version"]
 
@@ -52,12 +54,13 @@ def llm_server(ray_session, smollm2_folder):
 
     setup_mlflow()
     version = _register_adapter(smollm2_folder)
+    _register_adapter(smollm2_folder, OTHER_ADAPTER, seed=1)
     [port] = free_ports()
     cfg = LLMServeConfig.from_dict({
         "name": "test-llm", "port": port,
         "limits": {"max_context_tokens": 256, "max_tokens": 64, "default_max_tokens": 16,
                    "max_concurrent_requests": 4},
-        "transformers": {"num_cpus": 1, "torch_threads": 2, "max_batch_size": 4},
+        "transformers": {"num_cpus": 1, "torch_threads": 2, "max_batch_size": 4, "max_adapters_per_replica": 1},
     })
     url = run_serve_app(build_llm_app, cfg, f"{KEY}:predict,{ADMIN_KEY}:admin")
     try:
@@ -236,3 +239,58 @@ def test_lora_adapter_from_the_registry_is_served_by_name(llm_server, client):
         with pytest.raises(openai.NotFoundError) as err:
             client.chat.completions.create(model=unknown, messages=QUESTION, max_tokens=4)
         assert error_of(err.value)["code"] == "model_not_found"
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_and_json_object_are_enforced(client):
+    import jsonschema
+    import openai
+
+    ask = [{"role": "user", "content": "Tell me about a person called Ada who is 36."}]
+    answer = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=48, temperature=0,
+                                            response_format={"type": "json_schema", "json_schema": {
+                                                "name": "person", "schema": PERSON, "strict": True}})
+    assert answer.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(answer.choices[0].message.content), PERSON)
+    anything = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=48, temperature=0,
+                                              response_format={"type": "json_object"})
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=ask, response_format={"type": "xml"})
+    assert error_of(err.value)["param"] == "response_format"
+
+
+def test_langchain_with_structured_output_gets_a_valid_object(llm_server):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        """A city and the country it is in."""
+
+        city: str = Field(max_length=24)
+        country: str = Field(max_length=24)
+
+    chat = ChatOpenAI(base_url=llm_server["url"] + "/v1", api_key=KEY, model=MODEL, temperature=0, max_tokens=48,
+                      max_retries=0)
+    # ChatOpenAI's default method is json_schema: response_format={"type": "json_schema", ...}
+    city = chat.with_structured_output(City).invoke("Name a city in France.")
+    assert isinstance(city, City) and city.city and city.country
+
+
+def test_health_reports_the_engine_and_adapters_are_evicted_lru(llm_server, client):
+    health = requests.get(llm_server["url"] + "/health", timeout=30)
+    assert health.status_code == 200 and health.json() == {"live": True, "ready": True}
+    from ray import serve
+
+    engine = serve.get_deployment_handle("llm-engine", "test-llm")
+    one = client.chat.completions.create(model=f"{MODEL}:{ADAPTER}", messages=QUESTION, max_tokens=6,
+                                         temperature=0).choices[0].message.content
+    assert engine.adapters.remote().result() == [ADAPTER]
+    other = client.chat.completions.create(model=f"{MODEL}:{OTHER_ADAPTER}", messages=QUESTION, max_tokens=6,
+                                           temperature=0).choices[0].message.content
+    assert engine.adapters.remote().result() == [OTHER_ADAPTER]  # max_adapters_per_replica: 1
+    assert other != one  # names alike, weights not

@@ -68,10 +68,24 @@ def test_model_names_split_into_base_and_adapter():
     assert split_model("base", "base") == ("base", None)
     assert split_model("base:my-lora", "base") == ("base", "my-lora")
     assert split_model("base:my-lora/3", "base") == ("base", "my-lora/3")
-    for bad in ("other", "other:lora", "base:", "base:a/b/c"):
+    for bad in ("other", "other:lora", "base:", "base:a/b/c", "base:x' OR name LIKE '%", "base:../x", "base:a b"):
         with pytest.raises(ApiError) as err:
             split_model(bad, "base")
         assert err.value.status == 404 and err.value.code == "model_not_found"
+
+
+def test_adapter_names_are_checked_before_any_registry_query(monkeypatch, tmp_path):
+    import fabric.registry
+    from llm.serving.adapters import adapter_folder
+
+    def no_query():
+        raise AssertionError("the registry was queried")
+
+    monkeypatch.setattr(fabric.registry, "mlflow_client", no_query)
+    for bad in ("x' OR name LIKE '%", "x'", "../../etc", "a/b/c", "name/v1"):
+        with pytest.raises(ApiError) as err:
+            adapter_folder(bad, "base", tmp_path)
+        assert err.value.status == 404 and "letters, digits" in err.value.message
 
 
 class CharTokenizer:

@@ -48,6 +48,16 @@ def test_building_without_vllm_says_what_to_install():
         build_vllm_app(LLMServeConfig.from_yaml(GPU_CONFIG))
 
 
+def test_vllm_refuses_api_keys_it_cannot_check_and_listens_on_loopback_unless_asked():
+    cfg = LLMServeConfig.from_yaml(GPU_CONFIG)
+    assert cfg.host == "127.0.0.1" and LLMServeConfig().host == "127.0.0.1"
+    assert cfg.auth.required is False  # said out loud in the YAML
+    with pytest.raises(ConfigError, match=r"auth.required is true.*checks no API keys"):
+        build_vllm_app(LLMServeConfig.from_yaml(GPU_CONFIG, ["auth.required=true"]))
+    with pytest.raises(ConfigError, match="auth.required"):  # the default asks for keys
+        build_vllm_app(LLMServeConfig.from_dict({"engine": "vllm"}))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM")
 def test_building_with_vllm_gives_a_serve_application():
