@@ -170,7 +170,7 @@ def matrix_from_data(data: Any, features: list[str], where: str = "body") -> np.
         if len({len(v) for v in columns.values()}) > 1:
             raise RequestError(f"{where}: columns differ in length")
         names = list(columns)
-        return _matrix(names, [list(row) for row in zip(*columns.values())], features, where)
+        return _matrix(names, [list(row) for row in zip(*columns.values(), strict=True)], features, where)
     array = np.asarray(data, dtype=object) if isinstance(data, (list, np.ndarray)) else None
     if array is None or array.ndim != 2 or array.shape[1] != len(features):
         shape = list(array.shape) if array is not None else type(data).__name__

@@ -13,12 +13,13 @@ for in binary are answered so.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request, Response
 
 from fabric.serve import pyfunc_io, v2_binary
-from fabric.serve.protocols import matrix_from_data, matrix_from_mlflow, matrix_from_v2
+from fabric.serve.protocols import RequestError, matrix_from_data, matrix_from_mlflow, matrix_from_v2
 
 __all__ = ["decode_mlflow", "decode_v2", "encode_v2"]
 
@@ -54,17 +55,12 @@ def decode_mlflow(body: bytes, meta: dict[str, Any], request: Request) -> Any:
     if meta["task"] == pyfunc_io.KIND:
         return pyfunc_io.parse_mlflow(body, content_type, meta)
     features = meta["features"]
-    if "json" in content_type or not content_type.startswith(("text/csv", "application/vnd.apache.parquet")):
-        import json
-
-        from fabric.serve.protocols import RequestError
-
+    if not content_type.startswith(("text/csv", "application/vnd.apache.parquet")):  # JSON, whatever it says
         try:
             decoded = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(f"body is not valid JSON: {exc}", 400) from None
         if not isinstance(decoded, dict) or any(k in decoded for k in FAST_MLFLOW):
             return matrix_from_mlflow(decoded, features)
-    schema = {"schema": None}  # fabric models: numbers by column name, converted below
-    data = pyfunc_io.parse_mlflow(body, content_type, schema)
-    return matrix_from_data(data, features)
+    # instances, inputs, CSV, Parquet: MLflow's parser, without a signature (a fabric model checks its own)
+    return matrix_from_data(pyfunc_io.parse_mlflow(body, content_type, {"schema": None}), features)
