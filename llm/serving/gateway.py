@@ -165,7 +165,7 @@ class OpenAIGateway:
                            f"({len(prompt_ids) + max_tokens} in all); shorten the prompt or lower max_tokens",
                            400, "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
                            "context_length_exceeded")
-        grammar = grammar_for(req.response_format) if isinstance(req, ChatCompletionRequest) else None
+        grammar = grammar_for(req.response_format)
         return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                    stop=req.stops(), seed=req.seed, grammar=grammar)
 

@@ -52,6 +52,7 @@ class _Request(BaseModel):
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1)
     logprobs: Any = None
+    response_format: dict[str, Any] | None = None  # enforced by llm.serving.structured (text completions too)
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -82,7 +83,6 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None  # enforced by llm.serving.structured
 
     def unsupported(self) -> None:
         super().unsupported()

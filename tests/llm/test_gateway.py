@@ -46,6 +46,7 @@ class Engine:
         return self
 
     def remote(self, job):
+        self.job = job
         return self.call
 
 
@@ -69,9 +70,24 @@ def gateway(call: Call, tokenizer, **limits):
     return gw
 
 
-def ask(gw, **fields):
-    body = {"model": LLMModel().id, "messages": [{"role": "user", "content": "hi"}], **fields}
-    return asyncio.run(gw._answer(Request(body), ChatCompletionRequest))
+def ask(gw, cls=ChatCompletionRequest, **fields):
+    body = {"model": LLMModel().id, **fields}
+    if cls is ChatCompletionRequest:
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    return asyncio.run(gw._answer(Request(body), cls))
+
+
+def test_response_format_reaches_the_engine_as_a_grammar_or_is_refused(smollm2_tokenizer):
+    from llm.serving.openai_protocol import CompletionRequest
+
+    gw = gateway(Call({"text": "{}", "finish_reason": "stop", "completion_tokens": 2}), smollm2_tokenizer)
+    assert ask(gw, response_format={"type": "json_object"}).status_code == 200 and gw.engine.job.grammar
+    assert ask(gw, CompletionRequest, prompt="JSON:", response_format={"type": "json_object"}).status_code == 200
+    assert gw.engine.job.grammar  # text completions honour it too
+    assert ask(gw, response_format={"type": "text"}).status_code == 200 and gw.engine.job.grammar is None
+    refused = ask(gw, response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert refused.status_code == 400 and json.loads(refused.body)["error"]["param"] == "response_format"
+    assert gw.in_flight == 0
 
 
 def test_a_stream_dropped_before_its_first_chunk_frees_its_slot(smollm2_tokenizer):
