@@ -31,7 +31,7 @@ from fabric.serve.protocols import (
     v2_metadata,
     v2_response,
 )
-from fabric.serve.rollout import ROLLOUT_TAG, Rollout, RolloutRequest
+from fabric.serve.rollout import Rollout, RolloutRequest
 from fabric.serve.traffic import Traffic
 from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2
 
@@ -81,6 +81,7 @@ class Gateway:
                                  boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
                                  tag_keys=("model", "version", "endpoint"))
         self.infos: dict[str, dict[str, Any]] = {}
+        self.refreshing: set[str] = set()  # models whose registry state is being read
         self.monitor = monitor
         self.tally = None
         if monitor is not None:
@@ -98,35 +99,33 @@ class Gateway:
 
     async def _info(self, name: str) -> dict[str, Any]:
         """The live version (the alias, read from the registry here, so every replica serves the same one) and
-        its features; refreshed every few seconds, which is how an alias move, and a rollout started or ended by
-        another gateway replica or before a restart, reach traffic without a restart."""
+        its features. Once known, a stale answer is used while one refresh at a time reads the registry in the
+        background (a slow or unreachable registry never holds up a request); an alias move, and a rollout
+        started or ended by another gateway replica or before a restart, reach traffic within seconds."""
         if name not in self.handles:
             raise RequestError(f"model {name!r} is not served here; served: {', '.join(self.handles)}", 404)
         cached = self.infos.get(name)
-        if cached is None or time.monotonic() - cached["_at"] > INFO_TTL_S:
+        if cached is None:
+            return await self._refresh(name)
+        if time.monotonic() - cached["_at"] > INFO_TTL_S and name not in self.refreshing:
+            self.refreshing.add(name)
+            self.traffic.in_background(self._refresh(name))
+        return cached
+
+    async def _refresh(self, name: str) -> dict[str, Any]:
+        try:
             try:
-                live, saved = await asyncio.to_thread(self._registry_state, name)
+                live, saved = await asyncio.to_thread(self.traffic.registry_state, name, self.aliases[name])
                 self.traffic.adopt(name, saved)
             except Exception as exc:  # the registry is unreachable: keep serving what was live
-                if cached is None:
-                    live = (await self.handles[name].info.remote())["live"]
-                else:
-                    live = cached["live"]
+                cached = self.infos.get(name)
+                live = cached["live"] if cached else (await self.handles[name].info.remote())["live"]
                 log.warning("fabric: could not read %s@%s from the registry: %s", name, self.aliases[name], exc)
             meta = await self._version_meta(name, live)
             cached = self.infos[name] = {"live": live, "meta": meta, "loaded": [live], "_at": time.monotonic()}
-        return cached
-
-    def _registry_state(self, name: str) -> tuple[str, dict[str, Any] | None]:
-        """The version behind the served alias and the saved rollout (None: no rollout), in one registry call."""
-        from mlflow import MlflowClient
-
-        model = MlflowClient(self.tracking_uri).get_registered_model(name)
-        alias = self.aliases[name]
-        if alias not in model.aliases:
-            raise LookupError(f"{name} has no alias {alias!r}")
-        saved = model.tags.get(ROLLOUT_TAG)
-        return str(model.aliases[alias]), json.loads(saved) if saved else None
+            return cached
+        finally:
+            self.refreshing.discard(name)
 
     async def _version_meta(self, name: str, version: str) -> dict[str, Any]:
         """The features and task of ``version`` (loading it); 404 when it does not exist, 503 when it exists but

@@ -36,6 +36,16 @@ class Traffic:
         self.shadow_tasks: set[asyncio.Task] = set()
         self.background: set[asyncio.Task] = set()
 
+    def registry_state(self, name: str, alias: str) -> tuple[str, dict[str, Any] | None]:
+        """The version behind ``alias`` and the saved rollout (None: no rollout), in one registry call."""
+        from mlflow import MlflowClient
+
+        model = MlflowClient(self.tracking_uri).get_registered_model(name)
+        if alias not in model.aliases:
+            raise LookupError(f"{name} has no alias {alias!r}")
+        saved = model.tags.get(ROLLOUT_TAG)
+        return str(model.aliases[alias]), json.loads(saved) if saved else None
+
     def adopt(self, name: str, saved: dict[str, Any] | None) -> None:
         """Makes the rollout saved in the registry this replica's: one started before a restart or on another
         gateway replica; drops one that ended elsewhere."""
@@ -163,4 +173,9 @@ class Traffic:
     def in_background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.background.add(task)  # held, so the task is not garbage-collected before it ends
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("fabric: background task failed: %r", task.exception())

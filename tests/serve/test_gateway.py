@@ -72,7 +72,7 @@ def gateway(live: str = "1", saved: dict | None = None, **limits: int) -> Any:
                      hash_key(PREDICT): "predict"}, True, 100_000, key_names={hash_key(ADMIN): "alice"},
                      limits=limits or None)
     g.requests, g.latency, g.model = Recorder(), Recorder(), model
-    g._registry_state = lambda name: (model.live, saved)
+    g.traffic.registry_state = lambda name, alias: (model.live, saved)
     g._version_exists = lambda name, version: version in FEATURES
     g.traffic.save = lambda name, rollout: _none()
     return g
@@ -317,3 +317,30 @@ def test_a_model_server_unloads_the_least_recently_used_version_never_live_or_ca
     for version in ("6", "7"):
         server._load(version)
     assert sorted(server.models) == ["1", "2", "6", "7"]
+
+
+def test_a_slow_registry_never_holds_up_a_request_once_the_live_version_is_known():
+    import threading
+    import time
+
+    g = gateway()
+    release, reads = threading.Event(), []
+
+    def hanging(name: str, alias: str) -> tuple[str, None]:
+        reads.append(name)
+        release.wait(10)
+        return "2", None
+
+    async def go() -> tuple[list[int], float]:
+        await g._info("m")
+        g.traffic.registry_state, g.infos["m"]["_at"] = hanging, 0.0  # stale, and the registry hangs
+        started = time.monotonic()
+        codes = [(await g.model_invocations("m", request(records(a=1.0, b=2.0)))).status_code for _ in range(5)]
+        took = time.monotonic() - started
+        release.set()
+        await asyncio.gather(*g.traffic.background)
+        return codes, took
+
+    codes, took = run(go())
+    assert codes == [200] * 5 and took < 5 and reads == ["m"]  # one refresh in flight, answered meanwhile
+    assert g.infos["m"]["live"] == "2"  # the refresh landed once the registry answered
