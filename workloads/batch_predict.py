@@ -57,7 +57,8 @@ class Config(WorkloadConfig):
 
 
 class Predictor:
-    """One actor: loads the pyfunc once, then appends its output columns to each batch."""
+    """One actor: loads the pyfunc once, then appends its output columns to each batch. Any MLflow model: a
+    fabric model's pyfunc answers with its fast path; another's input is checked against its signature by MLflow."""
 
     def __init__(self, model_uri: str, tracking_uri: str, drop: list[str]):
         import mlflow
@@ -69,11 +70,17 @@ class Predictor:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
+        from fabric.serve.pyfunc_io import columns_of
+
         features = batch.drop(columns=[c for c in self.drop if c in batch.columns])
-        output = self.model.predict(features)
-        if not isinstance(output, pd.DataFrame):
-            output = pd.DataFrame({"prediction": list(output)})
-        output.index = batch.index
+        columns = {}  # any pyfunc's output (frame, series, array, dict) as columns; an array is "prediction"
+        for name, values in columns_of(self.model.predict(features)).items():
+            name = "prediction" if name == "predictions" else name
+            if values.ndim == 2:  # e.g. class probabilities: one column each
+                columns.update({f"{name}_{k}": values[:, k] for k in range(values.shape[1])})
+            else:
+                columns[name] = list(values) if values.ndim > 2 else values
+        output = pd.DataFrame(columns, index=batch.index)
         clashes = [c for c in output.columns if c in batch.columns]
         return pd.concat([batch, output.rename(columns={c: f"predicted_{c}" for c in clashes})], axis=1)
 

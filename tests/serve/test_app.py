@@ -74,9 +74,10 @@ def _register_foreign_models(frame):
     with mlflow.start_run(run_name="foreign-models"):
         logged = [
             mlflow.sklearn.log_model(pipeline, name="sklearn", signature=infer_signature(x, pipeline.predict(x)),
-                                     registered_model_name=SKLEARN),
+                                     registered_model_name=SKLEARN, pip_requirements=["scikit-learn"]),
             mlflow.pyfunc.log_model(name="custom", python_model=Greeter(), registered_model_name=CUSTOM,
-                                    signature=infer_signature(example, Greeter().predict(None, example))),
+                                    signature=infer_signature(example, Greeter().predict(None, example)),
+                                    pip_requirements=["mlflow"]),  # given: inferring them takes seconds
         ]
     for name, info in zip((SKLEARN, CUSTOM), logged, strict=True):
         MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
