@@ -38,6 +38,7 @@ class Job:
     seed: int | None = None
     adapter: str | None = None
     grammar: str | None = None  # llguidance grammar of response_format (llm.serving.structured); None: free text
+    constraint: Any = field(default=None, repr=False)  # its compiled state, made where the job is decoded
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Decoder:
         width = max(len(j.prompt_ids) for j in jobs)
         input_ids = torch.tensor([[self.pad_id] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-        rows = [_Row(job, self.tokenizer, self.constraint(job)) for job in jobs]
+        rows = [_Row(job, self.tokenizer, job.constraint or self.constraint(job)) for job in jobs]
         return _Batch(rows=rows, input_ids=input_ids, mask=mask,
                       positions=(mask.cumsum(-1) - 1).clamp(min=0), cache=self._cache())
 

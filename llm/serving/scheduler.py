@@ -59,6 +59,8 @@ class DecodingLoop:
     async def generate(self, job: Job) -> AsyncIterator[dict[str, Any]]:
         """Hands ``job`` to the decoding thread and yields its events until it finishes."""
         self.check()
+        if job.grammar is not None and job.constraint is None:  # compiled here: a bad one fails this job only
+            job.constraint = await asyncio.to_thread(self.decoder.constraint, job)
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
             self.thread.start()
