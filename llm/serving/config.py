@@ -17,6 +17,11 @@ from fabric.serve.config import AuthConfig, AutoscalingConfig
 __all__ = ["LLMLimits", "LLMModel", "LLMServeConfig", "TransformersEngineConfig", "VllmEngineConfig"]
 
 CLOUD_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
+VLLM_AUTH_REFUSAL = (
+    "auth.required is true, but engine: vllm serves Ray Serve LLM's own OpenAI router, which checks no API keys "
+    "(nor limits.max_tokens or limits.max_request_bytes); fabric's key-checking gateway fronts only engine: "
+    "transformers. Set auth.required=false and keep host on a private address (127.0.0.1, or a cluster-internal "
+    "one behind a proxy that checks keys), or use engine: transformers")
 
 
 class LLMModel(FabricConfig):
@@ -109,4 +114,6 @@ class LLMServeConfig(FabricConfig):
         if self.engine == "vllm" and lora and not lora.startswith(CLOUD_PREFIXES):
             raise ValueError(f"vllm.lora_path {lora!r}: Ray Serve LLM loads adapters from cloud storage only "
                              f"({', '.join(CLOUD_PREFIXES)}); copy the adapters there")
+        if self.engine == "vllm" and self.auth.required:
+            raise ValueError(VLLM_AUTH_REFUSAL)
         return self

@@ -60,7 +60,10 @@ class _Slot:
             self.on_release()
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # garbage collection must not raise; the slot is free either way
+            log.exception("fabric llm: cancelling an abandoned stream failed")
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -7,9 +7,9 @@ not installed, so it is imported only here, only when the app is built.
 
 Ray Serve LLM's OpenAI router checks no API keys and none of ``limits`` but the context length
 (``max_model_len``) and the requests in flight (``max_num_seqs``, ``max_ongoing_requests``); it does not sit
-behind fabric's gateway. So :func:`build_vllm_app` refuses ``auth.required: true`` (the default) before anything
-starts, rather than serve an open endpoint that looks protected: set ``auth.required=false`` and keep ``host``
-on a private address, behind a proxy that checks keys.
+behind fabric's gateway. So a vllm config with ``auth.required: true`` (the default) is refused when it is
+loaded, before anything starts, rather than serve an open endpoint that looks protected: set
+``auth.required=false`` and keep ``host`` on a private address, behind a proxy that checks keys.
 
 Example:
     >>> cfg = LLMServeConfig.from_yaml("configs/serve/llm_vllm_gpu.yaml")
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from fabric.config import ConfigError
-from llm.serving.config import LLMServeConfig
+from llm.serving.config import VLLM_AUTH_REFUSAL, LLMServeConfig
 
 __all__ = ["build_vllm_app", "check_vllm_auth", "llm_config_dict"]
 
@@ -58,13 +58,10 @@ def llm_config_dict(cfg: LLMServeConfig) -> dict[str, Any]:
 
 
 def check_vllm_auth(cfg: LLMServeConfig) -> None:
-    """Raises :class:`ConfigError` when ``cfg`` asks for API keys, which Ray Serve LLM's router cannot check."""
+    """Raises :class:`ConfigError` when ``cfg`` asks for API keys, which Ray Serve LLM's router cannot check
+    (loading the config refuses it already; this also covers a config changed after it was loaded)."""
     if cfg.auth.required:
-        raise ConfigError(
-            "auth.required is true, but engine: vllm serves Ray Serve LLM's own OpenAI router, which checks no API "
-            "keys (nor limits.max_tokens or limits.max_request_bytes); fabric's key-checking gateway fronts only "
-            "engine: transformers. Set auth.required=false and keep host on a private address (127.0.0.1, or a "
-            "cluster-internal one behind a proxy that checks keys), or use engine: transformers")
+        raise ConfigError(VLLM_AUTH_REFUSAL)
 
 
 def build_vllm_app(cfg: LLMServeConfig) -> Any:

@@ -52,10 +52,12 @@ def test_vllm_refuses_api_keys_it_cannot_check_and_listens_on_loopback_unless_as
     cfg = LLMServeConfig.from_yaml(GPU_CONFIG)
     assert cfg.host == "127.0.0.1" and LLMServeConfig().host == "127.0.0.1"
     assert cfg.auth.required is False  # said out loud in the YAML
-    with pytest.raises(ConfigError, match=r"auth.required is true.*checks no API keys"):
-        build_vllm_app(LLMServeConfig.from_yaml(GPU_CONFIG, ["auth.required=true"]))
+    with pytest.raises(ConfigError, match=r"auth.required is true.*checks no API keys"):  # when loaded
+        LLMServeConfig.from_yaml(GPU_CONFIG, ["auth.required=true"])
     with pytest.raises(ConfigError, match="auth.required"):  # the default asks for keys
-        build_vllm_app(LLMServeConfig.from_dict({"engine": "vllm"}))
+        LLMServeConfig.from_dict({"engine": "vllm"})
+    with pytest.raises(ConfigError, match="auth.required"):  # and a config changed after loading
+        build_vllm_app(cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"required": True})}))
 
 
 @pytest.mark.gpu
