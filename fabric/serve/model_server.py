@@ -3,7 +3,8 @@
 ``ModelServer`` loads the version its alias points at, follows the alias when it moves (hot reload, no restart),
 and answers with dynamic batching (``@serve.batch``): concurrent requests are merged into one model call. With
 ``placement: replicas`` it is a deployment of its own (scales out, takes GPUs); with ``placement: gateway`` it runs
-inside the gateway's process (:class:`InProcess`), a hop fewer.
+inside the gateway's process (:class:`InProcess`), a hop fewer. A fabric-trained model answers through its own
+arrays (the fast path); any other MLflow model through its pyfunc (:mod:`fabric.serve.pyfunc_io`).
 """
 
 import asyncio

@@ -20,7 +20,7 @@ import numpy as np
 
 from fabric.serve.protocols import RequestError
 
-__all__ = ["KIND", "batchable", "columns_of", "describe", "parse_mlflow", "parse_v2", "rows_of"]
+__all__ = ["KIND", "batchable", "columns_of", "describe", "parse_mlflow", "parse_v2"]
 
 KIND = "pyfunc"  # meta["task"] of a model served through MLflow's pyfunc rather than fabric's fast path
 V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float": "FP32", "double": "FP64",
@@ -29,13 +29,13 @@ V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float":
 
 def describe(pyfunc: Any) -> dict[str, Any]:
     """What the gateway needs of a model: its flavor, its signature's input names and its input schema (JSON)."""
-    schema = pyfunc.metadata.get_input_schema()
-    flavors = [f for f in pyfunc.metadata.flavors if f != "python_function"]
-    names = schema.input_names() if schema is not None and schema.has_input_names() else None
     from mlflow.types import TensorSpec
 
     from fabric.serve.protocols import datatype_of
 
+    schema = pyfunc.metadata.get_input_schema()
+    flavors = [f for f in pyfunc.metadata.flavors if f != "python_function"]
+    names = schema.input_names() if schema is not None and schema.has_input_names() else None
     inputs = []
     for spec in schema.inputs if schema is not None else []:
         if isinstance(spec, TensorSpec):
@@ -142,15 +142,6 @@ def parse_v2(request: dict[str, Any], meta: dict[str, Any]) -> Any:
             raise RequestError("inputs: give one 1-D tensor per column, all of one length, or one 2-D tensor")
         data = pd.DataFrame(tensors)
     return enforce(data, meta)
-
-
-def rows_of(data: Any) -> int | None:
-    """How many rows ``data`` holds when it can be merged with others into one batch (None: it cannot)."""
-    import pandas as pd
-
-    if isinstance(data, pd.DataFrame):
-        return len(data)
-    return None
 
 
 def batchable(items: list[Any]) -> bool:
