@@ -24,9 +24,12 @@ Then, in the same process, each ``--repeats`` times, alternating:
   ``Report`` on the labelled rows, and ``snapshot.dict()`` of both ("compute"); then ``save_html`` + ``save_json``
   of the drift snapshot ("files") and ``Workspace.add_run`` ("workspace"), timed apart.
 
-Prints the medians, the ratios (target: fabric <= 1.25x Evidently computing and saving the same report), the
-seconds of fabric's own steps inside the check (registry and reference, log window, MLflow; timed by the check
-itself, so less disturbed by other load on a shared machine than the wall-clock ratio), the peak RSS of the process
+Prints the medians and the ratios. The headline ratio (target: at most 1.25) compares like with like: fabric's check
+against Evidently producing the same things from the same frames, computing the report, saving it as HTML and JSON
+and adding it to a workspace (fabric also logs an MLflow run, which Evidently alone does not). Beside it: fabric
+against Evidently computing and saving only, and computing only; the fastest runs of each; and the seconds of
+fabric's own steps inside the check (registry and reference, log window, MLflow; timed by the check itself, so
+less disturbed by other load on a shared machine than the wall-clock ratios). Also the peak RSS of the process
 during the fabric checks and its growth over the RSS before them, and as its last line one JSON object.
 """
 
@@ -215,7 +218,7 @@ def main() -> None:
     parts = {k: statistics.median(a[k] for a in alone) for k in ("compute", "files", "workspace")}
     compute_files = parts["compute"] + parts["files"]
     every = compute_files + parts["workspace"]
-    best = min(fabric_s) / min(a["compute"] + a["files"] for a in alone)
+    best = min(fabric_s) / min(a["compute"] + a["files"] + a["workspace"] for a in alone)
     print(f"{args.rows:,} logged rows in {len(paths)} files ({log_mb:.0f} MB), {labels:,} labels; reference "
           f"{args.reference_rows:,} rows; both sides sampled to {cfg.max_rows:,} rows; median of {args.repeats}")
     print(f"check found: drift share {result.drift_share:.3f}, drifted {', '.join(result.drifted_columns) or '-'}; "
@@ -225,11 +228,11 @@ def main() -> None:
           f"{fabric:.2f} s; by step: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
     print(f"Evidently alone: compute {parts['compute']:.2f} s, HTML+JSON files {parts['files']:.2f} s, "
           f"workspace add_run {parts['workspace']:.2f} s")
-    print(f"ratio fabric / Evidently computing and saving the same report (HTML+JSON): {fabric / compute_files:.3f} "
-          f"(target {TARGET_RATIO}); vs compute only {fabric / parts['compute']:.3f}; vs compute, files and "
-          f"workspace {fabric / every:.3f}; fastest fabric / fastest Evidently {best:.3f}")
+    print(f"ratio fabric / Evidently producing the same report, files and workspace entry: {fabric / every:.3f} "
+          f"(target {TARGET_RATIO}); fastest / fastest {best:.3f}; vs computing and saving the files only "
+          f"{fabric / compute_files:.3f}; vs computing only {fabric / parts['compute']:.3f}")
     outside = sum(steps.get(k, 0.0) for k in ("reference", "window", "mlflow"))
-    estimate = (compute_files + outside) / compute_files
+    estimate = (every + outside) / every
     print(f"fabric's own steps (registry + reference, log window, MLflow) took {outside:.2f} s: Evidently's time "
           f"plus these is {estimate:.3f}x Evidently alone (less noisy than the wall-clock ratio on a shared machine)")
     print(f"peak RSS during the fabric checks {peak / 1e6:.0f} MB ({(peak - baseline) / 1e6:.0f} MB above the "
@@ -250,14 +253,14 @@ def main() -> None:
         "evidently_compute_s": round(parts["compute"], 3),
         "evidently_files_s": round(parts["files"], 3),
         "evidently_workspace_s": round(parts["workspace"], 3),
-        "ratio": round(fabric / compute_files, 3),
+        "ratio": round(fabric / every, 3),
+        "ratio_vs_compute_files": round(fabric / compute_files, 3),
         "ratio_vs_compute_only": round(fabric / parts["compute"], 3),
-        "ratio_vs_compute_files_workspace": round(fabric / every, 3),
         "ratio_of_fastest": round(best, 3),
         "fabric_own_steps_s": round(outside, 3),
         "ratio_estimate_from_steps": round(estimate, 3),
         "target_ratio": TARGET_RATIO,
-        "meets_target": fabric / compute_files <= TARGET_RATIO,
+        "meets_target": fabric / every <= TARGET_RATIO,
         "check_peak_rss_mb": round(peak / 1e6),
         "check_rss_growth_mb": round((peak - baseline) / 1e6),
         "drift_share": round(result.drift_share, 4),
