@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -76,3 +77,15 @@ def run_serve_app(build: Callable[[Any], Any], cfg: Any, api_keys: str) -> str:
     from fabric.serve.app import run_app
 
     return run_app(build, cfg.model_copy(update={"host": "127.0.0.1"}), api_keys)
+
+
+def stop_group(process: subprocess.Popen, term_wait: float = 10) -> None:
+    """Stops a process started with ``start_new_session=True`` (a `ray start --block`, say) and its children:
+    TERM to its process group, then KILL if it is still there after ``term_wait`` seconds."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_ports, last_json, wait_until_answers
+from tests.helpers import free_ports, last_json, stop_group, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -45,13 +44,7 @@ def ray_head(tmp_path_factory):
         wait_until_answers(f"{address}/api/version", head, log.name)  # 401 for want of the token: it is up
         yield address, env, f"127.0.0.1:{agent_ports[0]}"  # the dashboard, and the GCS for ray.init
     finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_group(head, term_wait=5)
         log.close()
 
 

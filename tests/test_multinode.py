@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_ports, last_json
+from tests.helpers import free_ports, last_json, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -36,16 +35,6 @@ def _start(args: list[str], env: dict[str, str], log: Path, wrap: list[str] | No
         [*(wrap or []), RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
          "--object-store-memory=100000000", *args, *(f"--{n}={p}" for n, p in zip(PORTS, ports, strict=True))],
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(node: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(node.pid, sig)
-            node.wait(timeout=wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
 
 
 def _alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
@@ -84,7 +73,7 @@ def cluster():
     try:
         yield f"127.0.0.1:{port}", env, folder
     finally:
-        _stop(head)
+        stop_group(head)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -103,7 +92,7 @@ def test_training_on_the_second_node_uses_the_shared_home(cluster):
         assert result["registered_model"] == "multinode-bc" and result["test_metrics"]["accuracy"] > 0.8
         assert len(result["data_commit"]) == 64
     finally:
-        _stop(node)
+        stop_group(node)
 
 
 def test_a_node_that_does_not_see_the_home_stops_the_run_before_any_work(cluster):
@@ -126,4 +115,4 @@ def test_a_node_that_does_not_see_the_home_stops_the_run_before_any_work(cluster
         assert "put FABRIC_HOME on storage every node mounts" in out.stderr and "lakeFS" in out.stderr
         assert "Traceback" not in out.stderr and "[data]" not in out.stdout and "[train" not in out.stdout
     finally:
-        _stop(node)
+        stop_group(node)
