@@ -5,7 +5,6 @@ monitor's admin routes. It calls the :mod:`~fabric.serve.model_server` deploymen
 """
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from fabric.config import ConfigError
+from fabric.serve.access import authorize, read_body, read_json
 from fabric.serve.errors import classify, load_error, version_exists
 from fabric.serve.inference_log import default_root
 from fabric.serve.keys import Keyring
@@ -154,36 +154,13 @@ class Gateway:
                 del self.metas[key]
 
     def _authorize(self, request: Request, role: str) -> str:
-        """Checks the request's key has ``role``; returns the key's name for the audit trail (never the key, never
-        a header the client chose)."""
-        if not self.auth_required:
-            return "anonymous"
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if not key:
-            raise RequestError("missing API key: send `Authorization: Bearer KEY`", 401)
-        granted = self.keys.role(key)
-        if granted is None:
-            raise RequestError("invalid API key", 401)
-        if not Keyring.allows(granted, role):
-            raise RequestError(f"this key has role {granted!r}; this endpoint needs {role!r}", 403)
-        return self.keys.name(key)
+        return authorize(self.keys, self.auth_required, request, role)
 
     async def _json(self, request: Request) -> Any:
-        body = await self._body(request)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+        return await read_json(request, self.max_request_bytes)
 
     async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
-            raise RequestError(f"request body of {declared} bytes is over the limit of {self.max_request_bytes}", 413)
-        body = await request.body()
-        if len(body) > self.max_request_bytes:
-            raise RequestError(f"request body of {len(body)} bytes is over the limit of {self.max_request_bytes}", 413)
-        return body
+        return await read_body(request, self.max_request_bytes)
 
     async def _serve(self, request: Request, endpoint: str, name: str, work: Any) -> JSONResponse:
         """Runs ``work()`` with a request id, metrics and any failure as a JSON error (see fabric.serve.errors)."""
