@@ -1,8 +1,8 @@
 """Every kind of config file that is not a workload's, and how a file says which kind it is.
 
 A workload config names its workload (``workload: NAME``, or a file named after it); every other config says its
-kind at the top (``kind: serve``, ``kind: llm``). ``fabric config check|show``, ``fabric serve up`` and the tests
-all read this one registry, so a new kind is added here once.
+kind at the top (``kind: serve``, ``kind: llm``, ``kind: rag``). ``fabric config check|show``, ``fabric serve up``
+and the tests all read this one registry, so a new kind is added here once.
 
 Example:
     >>> kind_of("configs/serve/llm.yaml")
@@ -27,9 +27,10 @@ __all__ = ["CONFIG_KINDS", "SERVE_KINDS", "config_class", "kind_of", "load_kind"
 CONFIG_KINDS = {
     "serve": "fabric.serve.config:ServeConfig",
     "llm": "llm.serving.config:LLMServeConfig",
+    "rag": "rag.serving.config:RagServeConfig",
     "monitor": "fabric.monitor.alerts:MonitorSpec",
 }
-SERVE_KINDS = ("serve", "llm")  # what `fabric serve up` deploys
+SERVE_KINDS = ("serve", "llm", "rag")  # what `fabric serve up` deploys
 
 
 def kind_of(path: str | Path, explicit: str | None = None) -> str | None:

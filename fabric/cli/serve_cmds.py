@@ -1,4 +1,5 @@
-"""``fabric serve up|status|down``: registered models on Ray Serve."""
+"""``fabric serve up|status|down``: registered models, LLM APIs (``kind: llm``) and RAG chains (``kind: rag``) on
+Ray Serve."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import typer
 
 from fabric.cli._output import JSON_OPTION, emit, fail
 
-app = typer.Typer(help="Serve registered models on Ray Serve (KServe V2 and MLflow protocols).", no_args_is_help=True)
+app = typer.Typer(help="Serve registered models (KServe V2 and MLflow protocols), LLM APIs and RAG chains on Ray "
+                  "Serve.", no_args_is_help=True)
 
 
 @app.command()
@@ -21,7 +23,8 @@ def up(
 ) -> None:
     """Deploy the config's models; print the endpoints. Foreground on the embedded Ray, Ctrl-C stops cleanly.
 
-    A config with ``kind: llm`` deploys an OpenAI-compatible LLM API (llm.serving) instead of tabular models.
+    A config with ``kind: llm`` deploys an OpenAI-compatible LLM API (llm.serving) instead of tabular models;
+    ``kind: rag`` the RAG chain over a Qdrant collection (rag.serving).
     """
     import signal
     import threading
@@ -34,7 +37,6 @@ def up(
         kind = kind_of(config) or "serve"  # serve configs written before `kind: serve` have none
         if kind not in SERVE_KINDS:
             raise ConfigError(f"{config} is a {kind!r} config; fabric serve up takes kinds {', '.join(SERVE_KINDS)}")
-        is_llm = kind == "llm"
         cfg = load_kind(config, overrides or [], kind)
         Keyring.load(cfg.auth.keys_file)  # a malformed FABRIC_API_KEYS fails here, before Ray starts
     except ConfigError as exc:
@@ -43,8 +45,12 @@ def up(
 
     from fabric.runtime import init_ray, metrics_url, resolve_stack, setup_mlflow
 
-    if is_llm:
+    if kind == "llm":
         from llm.serving.build import build_llm_app as build_app
+        from llm.serving.build import endpoints
+    elif kind == "rag":
+        from rag.serving.build import build_rag_app as build_app
+        from rag.serving.build import endpoints
     else:
         from fabric.serve.app import build_app
 
@@ -65,9 +71,7 @@ def up(
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(application, name=cfg.name, route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-        if is_llm:
-            from llm.serving.build import endpoints
-
+        if kind in ("llm", "rag"):
             print("\n".join(endpoints(cfg)), flush=True)
         else:
             print(f"serving {', '.join(m.name + '@' + m.alias for m in cfg.models)} as application {cfg.name!r}:")
