@@ -24,6 +24,7 @@ from rag.serving.config import RagGroundedness, RagIndex, RagLimits, RagPrompt
 __all__ = ["Question", "RagChain", "RagQuery", "parse_query"]
 
 log = logging.getLogger("ray.serve")
+_TYPES = {"str", "int", "float", "bool"}
 _VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
@@ -64,7 +65,8 @@ def parse_query(body: bytes) -> RagQuery:
         return RagQuery.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        # a union's member type shows up in the location (filters.doc_id.str): keep only the field path
+        param = ".".join(str(p) for p in first["loc"] if str(p) not in _TYPES and "[" not in str(p)) or None
         raise ApiError(f"{param}: {first['msg']}; got {first.get('input')!r:.100}", 422, param) from None
 
 
