@@ -31,6 +31,7 @@ from fabric.serve.protocols import (
     v2_metadata,
     v2_response,
 )
+from fabric.serve.pyfunc_io import KIND, loggable
 from fabric.serve.rollout import Rollout, RolloutRequest
 from fabric.serve.traffic import Traffic
 from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2
@@ -200,16 +201,24 @@ class Gateway:
             used = info["live"] if version is None else str(version)
             meta, matrix, raw = await self._answer(name, used, body, parse)
         columns = output_columns(meta["task"], raw)
-        if not isinstance(matrix, np.ndarray):  # a model served through its pyfunc: not in the columnar log
-            return used, columns
-        if self.log_payloads:
-            log.info("fabric payload %s v%s in=%s out=%s", name, used, matrix.tolist(), records(columns))
-        if self.inference_log is not None:
-            try:
-                self.inference_log.add(request_id, name, used, endpoint, meta["features"], matrix, columns)
-            except Exception as exc:  # the log never fails a prediction
-                log.warning("fabric: inference log skipped request %s: %s", request_id, exc)
+        self._log(request_id, name, used, endpoint, meta, matrix, columns)
         return used, columns
+
+    def _log(self, request_id: str, name: str, version: str, endpoint: str, meta: dict, data: Any,
+             columns: dict[str, np.ndarray]) -> None:
+        """The request's rows to the payload log and the inference log; a model served through its pyfunc logs
+        its table's columns (see pyfunc_io.loggable). Never fails or delays the prediction."""
+        try:
+            rows = loggable(data, meta, columns) if meta["task"] == KIND else (meta["features"], data, columns)
+            if rows is None:  # tensors: not a table the log can hold
+                return
+            if self.log_payloads:
+                log.info("fabric payload %s v%s in=%s out=%s", name, version, np.asarray(rows[1]).tolist(),
+                         records(rows[2]))
+            if self.inference_log is not None:
+                self.inference_log.add(request_id, name, version, endpoint, *rows)
+        except Exception as exc:  # the log never fails a prediction
+            log.warning("fabric: inference log skipped request %s: %s", request_id, exc)
 
     async def _answer(self, name: str, version: str, body: Any, parse: Any) -> tuple[dict, np.ndarray, Any]:
         """``body`` parsed against ``version``'s own features and answered by it: (meta, matrix, raw outputs)."""

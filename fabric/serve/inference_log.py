@@ -9,8 +9,9 @@ Layout under the log's root (``$FABRIC_HOME/inference`` by default, or any pyarr
                                                    in.<feature>..., out.<output>...
     MODEL/labels/part-<time>-<uuid>.parquet        request_id, row, time, label
 
-One Parquet row per predicted row: each feature is its own float64 column ``in.<feature>`` and each model output
-its own typed column ``out.<output>`` (``out.prediction``, ``out.probability_1``, ...), so a reader can fetch
+One Parquet row per predicted row: each feature is its own column ``in.<feature>`` (float64 for fabric's models,
+the input's own type for any other MLflow model) and each model output its own typed column ``out.<output>``
+(``out.prediction``, ``out.probability_1``, ...), so a reader can fetch
 only the columns and rows it needs (see :mod:`fabric.monitor.window`). Files written before this layout hold
 ``inputs`` and ``outputs`` as JSON text instead; :func:`read_log` reads both. ``label`` is the label as JSON text.
 Example::
@@ -87,8 +88,6 @@ def _prediction_tables(model: str, requests: list[tuple]) -> list[Any]:
         counts = np.array([len(r[5]) for r in group], dtype="int64")
         if not counts.sum():
             continue
-        matrix = np.concatenate([np.asarray(r[5], dtype="float64").reshape(n, len(features))
-                                 for r, n in zip(group, counts, strict=True)])
         columns: dict[str, Any] = {
             "request_id": np.repeat(np.array([r[1] for r in group], dtype=object), counts),
             "row": np.concatenate([np.arange(n, dtype="int64") for n in counts]),
@@ -97,11 +96,38 @@ def _prediction_tables(model: str, requests: list[tuple]) -> list[Any]:
             "version": np.repeat(np.array([r[2] for r in group], dtype=object), counts),
             "endpoint": np.repeat(np.array([r[3] for r in group], dtype=object), counts),
         }
-        columns.update({f"{INPUT_PREFIX}{f}": matrix[:, j] for j, f in enumerate(features)})
+        columns.update({f"{INPUT_PREFIX}{f}": values for f, values in _inputs(group, features, counts).items()})
         columns.update({f"{OUTPUT_PREFIX}{c}": np.concatenate([np.asarray(r[6][c]).reshape(-1) for r in group])
                         for c in outputs})
-        tables.append(pa.table({name: pa.array(values) for name, values in columns.items()}))
+        tables.append(pa.table({name: _arrow(values) for name, values in columns.items()}))
     return tables
+
+
+def _inputs(group: list[tuple], features: tuple, counts: Any) -> dict[str, Any]:
+    """The feature columns of a group of requests: float64 from matrices (fabric's models, one conversion for the
+    whole group), each column's own type from DataFrames (any MLflow model served through its pyfunc)."""
+    import numpy as np
+
+    if not any(hasattr(r[5], "columns") for r in group):
+        matrix = np.concatenate([np.asarray(r[5], dtype="float64").reshape(n, len(features))
+                                 for r, n in zip(group, counts, strict=True)])
+        return {f: matrix[:, j] for j, f in enumerate(features)}
+    parts: dict[str, list[Any]] = {f: [] for f in features}
+    for r, n in zip(group, counts, strict=True):
+        for j, f in enumerate(features):
+            parts[f].append(r[5][f].to_numpy() if hasattr(r[5], "columns") else
+                            np.asarray(r[5], dtype="float64").reshape(n, len(features))[:, j])
+    return {f: np.concatenate(values) for f, values in parts.items()}
+
+
+def _arrow(values: Any) -> Any:
+    """An Arrow array of ``values``; a column whose requests disagree on its type is kept as text."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 class InferenceLog:
@@ -131,7 +157,8 @@ class InferenceLog:
 
     def add(self, request_id: str, model: str, version: str, endpoint: str, features: list[str], inputs: Any,
             outputs: dict[str, Any]) -> None:
-        """Records one request: ``inputs`` a rows x features matrix, ``outputs`` columns of the same rows.
+        """Records one request: ``inputs`` a rows x features matrix (or a pandas DataFrame holding the
+        ``features`` columns, each logged with its own type), ``outputs`` columns of the same rows.
 
         Only a reference is kept here; the columns are built and written on the log's thread.
         """

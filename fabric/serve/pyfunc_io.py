@@ -20,7 +20,7 @@ import numpy as np
 
 from fabric.serve.protocols import RequestError
 
-__all__ = ["KIND", "batchable", "columns_of", "describe", "parse_mlflow", "parse_v2"]
+__all__ = ["KIND", "batchable", "columns_of", "describe", "loggable", "parse_mlflow", "parse_v2"]
 
 KIND = "pyfunc"  # meta["task"] of a model served through MLflow's pyfunc rather than fabric's fast path
 V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float": "FP32", "double": "FP64",
@@ -164,3 +164,24 @@ def columns_of(raw: Any) -> dict[str, np.ndarray]:
     if isinstance(raw, dict):
         return {str(k): np.asarray(v) for k, v in raw.items()}
     return {"predictions": np.asarray(raw)}
+
+
+def loggable(data: Any, meta: dict[str, Any], columns: dict[str, np.ndarray]) -> tuple[list[str], Any, dict] | None:
+    """What the inference log keeps of a request answered through a pyfunc: the features (the signature's input
+    columns when it has them, else the DataFrame's columns), the input rows as a DataFrame of those columns, and
+    the outputs with one value per row (a 2-D output as ``NAME_0``, ``NAME_1``...; others left out). None for an
+    input that is not a table (tensors), which the columnar log cannot hold."""
+    import pandas as pd
+
+    if not isinstance(data, pd.DataFrame) or not len(data):
+        return None
+    frame = data.set_axis([str(c) for c in data.columns], axis=1)
+    features = [f for f in meta.get("features") or list(frame.columns) if f in frame.columns]
+    outputs: dict[str, np.ndarray] = {}
+    for name, values in columns.items():
+        values = np.asarray(values)
+        if values.ndim == 1 and len(values) == len(frame):
+            outputs[name] = values
+        elif values.ndim == 2 and len(values) == len(frame):
+            outputs.update({f"{name}_{k}": values[:, k] for k in range(values.shape[1])})
+    return features, frame[features].reset_index(drop=True), outputs

@@ -559,3 +559,32 @@ def test_any_registered_mlflow_model_is_served_by_alias_with_its_signature(serve
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, range(16)))
     assert answers == [[{"greeting": f"hello w{i}", "double": 2.0 * i}] for i in range(16)]
+
+
+def _logged(server, model, request_ids):
+    """The inference log's rows of ``request_ids`` once they are written (polled: the log writes off the request
+    path)."""
+    import time
+
+    from fabric.serve.inference_log import read_log
+
+    deadline = time.monotonic() + 30
+    while True:
+        log = read_log(model, root=server["log_root"], with_labels=False)
+        mine = log[log["request_id"].isin(request_ids)] if len(log) else log
+        if len(mine) and set(mine["request_id"]) == set(request_ids):
+            return mine.sort_values(["request_id", "row"]).reset_index(drop=True)
+        assert time.monotonic() < deadline, f"no inference log rows of {model} for {request_ids}"
+        time.sleep(0.5)
+
+
+def test_models_fabric_did_not_train_are_in_the_inference_log(server):
+    words = [{"word": "ada", "x": 1.5, "unused": 1}, {"word": "bo", "x": -2.0, "unused": 2}]
+    answer = _post(server, f"/models/{CUSTOM}/invocations", {"dataframe_records": words},
+                   headers={"x-request-id": "foreign-log-1"})
+    assert answer.status_code == 200, answer.text
+    logged = _logged(server, CUSTOM, ["foreign-log-1"])
+    # the signature's input columns, each with its own type; the outputs as answered
+    assert logged["inputs"].tolist() == [{"word": "ada", "x": 1.5}, {"word": "bo", "x": -2.0}]
+    assert logged["outputs"].tolist() == [{"greeting": "hello ada", "double": 3.0}, {"greeting": "hello bo",
+                                                                                      "double": -4.0}]

@@ -344,3 +344,47 @@ def test_a_slow_registry_never_holds_up_a_request_once_the_live_version_is_known
     codes, took = run(go())
     assert codes == [200] * 5 and took < 5 and reads == ["m"]  # one refresh in flight, answered meanwhile
     assert g.infos["m"]["live"] == "2"  # the refresh landed once the registry answered
+
+
+class FakePyfunc:
+    """A model fabric did not train, as its handle answers: it greets each word and scores each row twice."""
+
+    def __init__(self, schema: str | None):
+        self.meta, self.predict = _Method(self._meta), _Method(self._predict)
+        self.info, self.schema = _Method(self._info), schema
+
+    async def _meta(self, version: str) -> dict[str, Any]:
+        return {"task": "pyfunc", "model_type": "python_function", "features": ["word", "x"] if self.schema else None,
+                "n_outputs": None, "schema": self.schema, "inputs": []}
+
+    async def _predict(self, data: Any, version: str) -> tuple[str, dict[str, np.ndarray]]:
+        greeting = np.array([f"hello {w}" for w in data["word"]], dtype=object)
+        return version, {"greeting": greeting, "scores": np.ones((len(data), 2))}
+
+    async def _info(self) -> dict[str, Any]:
+        return {"live": "1"}
+
+
+def test_a_model_served_through_its_pyfunc_is_in_the_inference_log(tmp_path):
+    """Its table's columns (the signature's, else the request's), each with its own type, and its outputs with
+    one value per row (a 2-D output split into NAME_k)."""
+    from mlflow.types import ColSpec, Schema
+
+    from fabric.serve.inference_log import read_log
+
+    schema = Schema([ColSpec("string", "word"), ColSpec("double", "x")]).to_json()
+    g = GatewayClass({"signed": FakePyfunc(schema), "unsigned": FakePyfunc(None)},
+                     {"signed": "champion", "unsigned": "champion"}, "http://registry.invalid", {}, False, 100_000,
+                     inference_log={"enabled": True, "path": str(tmp_path), "flush_rows": 10**6, "flush_s": 10**6})
+    g.requests, g.latency = Recorder(), Recorder()
+    g.traffic.registry_state = lambda name, alias: ("1", None)
+    rows = [{"word": "ada", "x": 1.5, "extra": 7}, {"word": "bo", "x": -2.0, "extra": 8}]
+    for name in ("signed", "unsigned"):
+        status, _ = answer(run(g.model_invocations(name, request({"dataframe_records": rows}, x_request_id=name))))
+        assert status == 200
+    g.inference_log.close()
+    signed, unsigned = read_log("signed", root=str(tmp_path)), read_log("unsigned", root=str(tmp_path))
+    assert signed["inputs"].tolist() == [{"word": "ada", "x": 1.5}, {"word": "bo", "x": -2.0}]
+    assert unsigned["inputs"].tolist() == rows  # no signature: the request's own columns
+    assert signed["outputs"].iloc[1] == {"greeting": "hello bo", "scores_0": 1.0, "scores_1": 1.0}
+    assert set(signed["request_id"]) == {"signed"} and set(signed["endpoint"]) == {"invocations"}
