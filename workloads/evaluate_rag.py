@@ -73,6 +73,7 @@ class Config(WorkloadConfig):
 def open_index(cfg: Config) -> tuple[Any, dict[str, str]]:
     """The dense retriever on the live collection, and doc_id -> text of the documents it was built from."""
     from fabric import data
+    from rag.corpus import load_documents
     from rag.index import IndexUnavailable, Retriever
 
     retriever = Retriever(cfg.index.alias, runtime=cfg.runtime, hybrid=False, refresh_interval_s=0)
@@ -82,8 +83,8 @@ def open_index(cfg: Config) -> tuple[Any, dict[str, str]]:
         raise IndexNotReady(f"cannot evaluate index {cfg.index.alias!r}: {exc}. Ingest the documents first: "
                             f"`{INGEST}` (with the same alias and runtime)") from exc
     uri = cfg.index.documents_uri or str(data.DataURI.parse(info.uri).at(info.commit))
-    frame = data.head(uri, n=1_000_000, store=data.open_store(cfg.runtime))
-    return retriever, dict(zip(frame["doc_id"].astype(str), frame["text"].astype(str), strict=True))
+    _, _, docs = load_documents(uri, store=data.open_store(cfg.runtime))
+    return retriever, dict(zip(docs["doc_id"], docs["text"], strict=True))
 
 
 def evaluate_retrieval(cfg: Config, retriever: Any, documents: dict[str, str]) -> dict[str, dict[str, Any]]:
