@@ -253,7 +253,7 @@ def aggregate(sentences: list[SentenceSupport], scorer: str) -> Groundedness:
 
 _ABBREVIATIONS = re.compile(r"(?:\b(?:e\.g|i\.e|cf|vs|viz|approx|Mr|Mrs|Ms|Dr|St|No|Fig|Sec)|(?<![\w.])[A-Z])\.$")
 _BOUNDARY = re.compile(
-    r"(?P<end>(?<=[.!?…])[\"'”’)\]*]*\s+(?=[^a-z\s]))"  # sentence end, then a sentence not starting in lowercase
+    r"(?<=[.!?…])(?P<end>[\"'”’)\]*]*)\s+(?=[^a-z\s])"  # sentence end, then a sentence not starting in lowercase
     r"|\n[ \t]*\n\s*"  # a blank line
     r"|\n(?=[ \t]*(?:[-*•]|\d{1,3}[.)])\s)"  # a new list item
 )
@@ -278,9 +278,12 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         raise TypeError(f"text must be a string, not {type(text).__name__}")
     pieces, start = [], 0
     for match in _BOUNDARY.finditer(text):
-        if match.group("end") and _ABBREVIATIONS.search(text[max(0, match.start() - 8):match.start()]):
+        if match.group("end") is None:
+            pieces.append((start, match.start()))
+        elif _ABBREVIATIONS.search(text[max(0, match.start() - 8):match.start()]):
             continue  # "e.g. The", "Dr. Smith": not the end of a sentence
-        pieces.append((start, match.start()))
+        else:  # closing quotes and brackets stay with their sentence
+            pieces.append((start, match.end("end")))
         start = match.end()
     pieces.append((start, len(text)))
     return _merge(text, [_trim(text, a, b) for a, b in pieces])
@@ -302,7 +305,7 @@ def _merge(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         if start == end:
             continue
         piece = text[start:end]
-        if _LIST_MARKER.fullmatch(piece):
+        if _LIST_MARKER.fullmatch(piece) and (start, end) != spans[-1]:
             pending = start if pending is None else pending
             continue
         if not _ALNUM.search(piece):
