@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 THRESHOLD = 0.5
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,21 +167,27 @@ def available_scorers() -> list[str]:
 def _default_name() -> str:
     """``nli`` when rag.nli says its champion beat lexical on held-out pairs; anything going wrong means lexical."""
     try:
-        from rag import nli
-
-        return "nli" if nli.is_default() else "lexical"
+        return "nli" if importlib.import_module("rag.nli").is_default() else "lexical"
     except Exception:  # no rag.nli, no registry, no champion: the baseline stays the default
         return "lexical"
 
 
 def get_scorer(name: str = "default") -> Scorer:
-    """The scorer registered as ``name`` (built once per process and cached); ``default`` as described above.
+    """The scorer registered as ``name`` (built once per process and cached); ``default`` as described above (and
+    ``lexical``, with a warning, when the scorer it names fails to load).
 
     Raises:
         ValueError: an unknown name; the message lists the available ones.
     """
     if name == "default":
-        name = _default_name()
+        resolved = _default_name()
+        if resolved == "lexical":
+            return get_scorer("lexical")
+        try:
+            return get_scorer(resolved)
+        except Exception as exc:  # a champion that cannot be loaded must not take answers' scores down with it
+            _log.warning("default groundedness scorer %r failed to load (%s); using 'lexical'", resolved, exc)
+            return get_scorer("lexical")
     if name not in _FACTORIES:
         raise ValueError(f"unknown groundedness scorer {name!r}; available: {', '.join(available_scorers())}")
     with _LOCK:

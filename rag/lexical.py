@@ -96,6 +96,14 @@ _CAMEL = re.compile(r"[a-z][A-Z]")
 _QUOTES = "\"'`“‘*"
 _LEAD_IN = re.compile(r"^(?:according to|based on|as stated in|per) (?:the |this )?(?:provided |given )?"
                       r"(?:context|contexts|documentation|docs|passage|sources?)\s*,\s*", re.IGNORECASE)
+_CITATION = re.compile(r"\s*\[(?:\d+(?:\s*[,–-]\s*\d+)*|[^\[\]\s]+#\d+|(?:source|doc|chunk|ref)\b[^\[\]]{0,60})\]",
+                       re.IGNORECASE)
+
+
+def _claim(sentence: str) -> _Text:
+    """A claim sentence analysed without its lead-in ("According to the context, ...") and citation markers
+    ("[1]", "[with#3]", "[source: python-docs/with]"), which say where, not what."""
+    return _analyse(_CITATION.sub("", _LEAD_IN.sub("", sentence.strip())))
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,7 @@ def best_window(sentence: str, contexts: Sequence[str], max_sentences: int = MAX
         >>> w.context, w.span, w.features["missing_entities"]
         (0, (12, 43), 0)
     """
-    claim = _analyse(_LEAD_IN.sub("", sentence.strip()))
+    claim = _claim(sentence)
     if not claim.content:
         return None
     best, best_key = None, (0, 0)
@@ -440,7 +448,7 @@ class LexicalScorer:
         sentences = []
         for start, end in split_sentences(answer):
             text = answer[start:end]
-            if not is_claim(text) or not _analyse(_LEAD_IN.sub("", text)).content:
+            if not is_claim(text) or not _claim(text).content:
                 sentences.append(SentenceSupport(text, start, end, 1.0, claim=False))
                 continue
             value, window = self.support(text, contexts)

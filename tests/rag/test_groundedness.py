@@ -181,3 +181,20 @@ def test_split_sentences_keeps_every_sentence_of_a_real_page_in_order():
     assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
     texts = [_norm(WITH[a:b]) for a, b in spans]
     assert "3. The context manager’s \"__exit__()\" is loaded for later use." in texts
+
+
+def test_default_falls_back_to_lexical_when_the_champion_cannot_load(monkeypatch, caplog):
+    monkeypatch.setattr(groundedness, "_FACTORIES", dict(groundedness._FACTORIES))
+    monkeypatch.setattr(groundedness, "_INSTANCES", dict(groundedness._INSTANCES))
+    stand_in = types.ModuleType("rag.nli")
+    stand_in.is_default = lambda: True
+    monkeypatch.setitem(sys.modules, "rag.nli", stand_in)
+
+    def broken():
+        raise RuntimeError("champion weights missing")
+
+    groundedness.register_scorer("nli", broken)
+    assert groundedness.get_scorer("default").name == "lexical"
+    assert "champion weights missing" in caplog.text
+    with pytest.raises(RuntimeError, match="weights missing"):
+        groundedness.get_scorer("nli")  # asked for by name, the failure is the caller's to see

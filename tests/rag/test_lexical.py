@@ -219,3 +219,15 @@ def test_lexical_scores_hundreds_of_answers_a_second():
     assert all(0.0 <= s <= 1.0 for s in scores)
     print(f"lexical: {rate:.0f} answers/s")
     assert rate >= 50, f"{rate:.0f} answers/s"
+
+
+@pytest.mark.parametrize("decorated", [
+    "Leading zeros in a non-zero decimal number are not allowed [1].",
+    "Leading zeros in a non-zero decimal number are not allowed [integers#2].",
+    "Leading zeros in a non-zero decimal number are not allowed [source: python-docs/integers].",
+    "According to the context, leading zeros in a non-zero decimal number are not allowed.",
+])
+def test_citation_markers_and_lead_ins_do_not_count_against_a_claim(decorated):
+    contexts = [_passage("integers", ANCHORS[4])]
+    plain = groundedness.score(CASES[4][1], contexts, scorer="lexical")
+    assert groundedness.score(decorated, contexts, scorer="lexical") == pytest.approx(plain, abs=0.02)
