@@ -116,7 +116,7 @@ class RagChain:
         call = self.retriever.search.remote(question.query, question.top_k, question.filters,
                                             question.score_threshold)
         try:
-            return await asyncio.wait_for(_awaited(call), timeout=max(deadline - time.monotonic(), 0.001))
+            found = await asyncio.wait_for(_awaited(call), timeout=max(deadline - time.monotonic(), 0.001))
         except asyncio.TimeoutError:
             call.cancel()
             raise ApiError("retrieval gave no answer in time; retry later", 504, code="timeout") from None
@@ -127,6 +127,9 @@ class RagChain:
             if isinstance(cause, ApiError):
                 raise ApiError(cause.message, cause.status, cause.param, cause.code) from None
             raise ApiError(f"retrieval failed: {type(exc).__name__}: {str(exc)[:300]}", 503) from None
+        if "error" in found:
+            raise ApiError(found["error"], found["status"], "filters" if found["status"] == 400 else None)
+        return found
 
     def messages(self, question: Question, hits: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[dict]]:
         """The filled prompt and the hits in it; lowest-ranked hits are left out until it fits the LLM's context."""

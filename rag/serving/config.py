@@ -20,7 +20,7 @@ from llm.serving.config import TransformersEngineConfig
 
 __all__ = ["RagGroundedness", "RagIndex", "RagLLM", "RagLimits", "RagPrompt", "RagServeConfig"]
 
-FILTER_KEYS = ("doc_id", "source", "title")
+FILTER_KEYS = ("doc_id", "source", "title", "chunk_id", "commit", "uri")  # rag.index.FILTER_FIELDS
 
 
 class RagIndex(FabricConfig):
@@ -28,16 +28,16 @@ class RagIndex(FabricConfig):
 
     alias: str = Field("python-docs", min_length=1, description="Collection alias ingestion publishes (rag.index); "
                        "the retriever follows it to each newly published collection between queries.")
-    embedder: str = Field("all-MiniLM-L6-v2", min_length=1, description="Embedding model of the query: the one "
-                          "the collection was ingested with (all-MiniLM-L6-v2 or a sentence-transformers folder).")
+    embedder: str | None = Field(None, description="Embedding model of the query (all-MiniLM-L6-v2 or a "
+                                 "sentence-transformers folder). Empty: the one the collection was ingested with.")
     top_k: int = Field(4, ge=1, le=100, description="Chunks retrieved when a request gives no top_k.")
     score_threshold: float = Field(0.3, ge=-1, le=1, description="Hits scoring below this are not relevant; when "
                                    "none is left the answer says the documents do not cover the question, and no "
                                    "LLM is called.")
-    hybrid: bool = Field(False, description="Dense plus sparse keyword retrieval (the collection must have been "
-                         "ingested with sparse vectors).")
-    filters: list[str] = Field(list(FILTER_KEYS), description="Payload keys a request may filter on (`filters: "
-                               "{doc_id: [...]}`); others get 400.")
+    hybrid: bool | None = Field(None, description="Dense plus sparse keyword retrieval fused by rank (true needs a "
+                                "collection ingested with hybrid: true). Empty: as the collection was ingested.")
+    filters: list[str] = Field(["doc_id", "source", "title"], description="Payload keys a request may filter on "
+                               "(`filters: {doc_id: [...]}`); others get 400.")
     refresh_interval_s: float = Field(5.0, gt=0, description="How often the retriever checks whether the alias "
                                       "moved to a new collection (it switches between queries, never during one).")
     num_replicas: int = Field(1, ge=1, description="Retriever replicas (each holds the embedder and, in Qdrant "

@@ -43,6 +43,16 @@ api = FastAPI(title="fabric RAG", description="Answers from the documents with c
               "score: POST /rag/query, or OpenAI's /v1/chat/completions. Send `Authorization: Bearer KEY`.")
 
 
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+# Module-level helpers come before the deployment class: Serve pickles it when it is decorated.
 class _Slot:
     """One admitted request's place under ``max_concurrent_requests``, released exactly once (also when a stream's
     unread body is garbage-collected)."""
@@ -116,6 +126,9 @@ class RagGateway:
         for name, call in checks.items():
             try:
                 status[name] = await asyncio.wait_for(_awaited(call), timeout=15) or "ok"
+                if "error" in status[name]:
+                    status[name] = {"error": status[name]["error"]}
+                    status["ready"] = False
             except Exception as exc:
                 cause = getattr(exc, "cause", exc)
                 status[name] = {"error": cause.message if isinstance(cause, ApiError)
@@ -142,8 +155,11 @@ class RagGateway:
             body = parse_query(await self._body(request))
             question = self.chain.question(body.query, body.top_k, body.filters, body.score_threshold,
                                            body.max_tokens, body.temperature, self.cfg.llm.temperature)
-            with self._slot():
+            slot = self._admit()
+            try:
                 result = await self._answer(question, rid, "rag_query")
+            finally:
+                slot.release()
         except ApiError as exc:
             return self._error(exc, rid, openai=False, route="rag_query")
         except Exception as exc:
@@ -167,9 +183,7 @@ class RagGateway:
             if req.response_format and req.response_format.get("type") != "text":
                 raise ApiError("response_format: the RAG app answers in text only", 400, "response_format")
             question = self._chat_question(req, json.loads(raw))
-            if self.in_flight >= self.cfg.limits.max_concurrent_requests:
-                raise self._busy()
-            slot = _Slot(self)
+            slot = self._admit()
             if req.stream:
                 response = await self._stream(req, question, rid, slot)
                 slot = None  # the stream owns it now
@@ -330,19 +344,11 @@ class RagGateway:
 
         asyncio.get_running_loop().create_task(judge())
 
-    def _slot(self) -> Any:
-        gateway = self
-
-        class _Held:
-            def __enter__(self) -> None:
-                if gateway.in_flight >= gateway.cfg.limits.max_concurrent_requests:
-                    raise gateway._busy()
-                self.slot = _Slot(gateway)
-
-            def __exit__(self, *_: Any) -> None:
-                self.slot.release()
-
-        return _Held()
+    def _admit(self) -> _Slot:
+        """A slot under ``max_concurrent_requests``, or 429."""
+        if self.in_flight >= self.cfg.limits.max_concurrent_requests:
+            raise self._busy()
+        return _Slot(self)
 
     def _busy(self) -> ApiError:
         return ApiError(f"{self.in_flight} requests are in flight, the server's limit is "
@@ -380,11 +386,3 @@ class RagGateway:
         body = oai.error_body(exc) if openai else {"error": exc.message, "param": exc.param, "request_id": rid}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
-
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
