@@ -16,7 +16,8 @@ answer therefore scores 1.0 with no sentences, and an answer with claims but no 
 Scorers (``scorer=``): ``lexical`` (rag.lexical, content-word overlap against the best window of context sentences
 plus number, date, entity and negation consistency), ``nli`` (rag.nli, the cross-encoder the platform trains,
 imported only when asked for) and ``default``: ``nli`` when ``rag.nli.is_default()`` says its registered
-champion beat ``lexical`` on held-out pairs, else ``lexical``. Every scorer's sentence scores are calibrated on
+champion beat ``lexical`` on held-out pairs, else ``lexical`` (also when that champion fails to load: answers
+keep getting a score, and the failure is logged). Every scorer's sentence scores are calibrated on
 its own training pairs so that 0.5 is its decision threshold. New scorers plug in with :func:`register_scorer`.
 
 Example:

@@ -3,22 +3,31 @@ that embedding similarity misses (FACTS.md): numbers, dates, names and negations
 
 For each claim sentence of an answer, :func:`best_window` finds the run of one to three consecutive sentences of
 one context that shares the most content words with it (lowercased, stopwords dropped, light suffix stemming;
-numbers, version numbers, written numbers, months, code identifiers and capitalised names kept as tokens of their
-own). Against that window it measures:
+numbers, version numbers, written numbers, months, code identifiers, quoted words and names capitalised inside a
+sentence kept as tokens of their own; citation markers such as "[1]" and lead-ins such as "According to the
+context," dropped). Against that window it measures:
 
 - ``coverage``: the share of the claim's content words found in the window;
 - ``bigrams``: the share of the claim's adjacent content-word pairs found (adjacent or one word apart) in the
   window, so a name swapped for another that also occurs nearby still costs something;
-- ``missing_numbers``: numbers, versions and dates of the claim that the window does not contain;
+- ``missing_numbers``: numbers, versions and dates of the claim that the window does not contain (counted, so
+  "yields 1, 1" is not supported by "yields 0, 1");
 - ``missing_entities``: identifiers (``__exit__``, ``sys.exc_info``, ``StopIteration``), quoted words and
   capitalised names of the claim that the window does not contain;
-- ``negation``: 1 when the claim is negated ("not", "never", "cannot", "n't", ...) and the matching part of the
-  window is not, or the other way round.
+- ``misplaced``: numbers and names the window has, but next to other words than in the claim;
+- ``detached``: 1 when the claim follows one sentence of the window but takes a number or name only a
+  neighbouring sentence has, in place of the sentence's own;
+- ``negation``: 1 when the claim negates ("not", "never", "cannot", "n't", ...) what the window states plainly,
+  or the other way round.
 
 These combine into a raw score (:data:`WEIGHTS`), which a logistic calibration (:data:`CALIBRATION`, fitted by
-:func:`fit_calibration`) maps to [0, 1] so that 0.5 is the decision threshold. A claim sharing no content word
-with any context scores 0. Speed: a few hundred to a thousand 3-sentence answers a second on one CPU (contexts are
-analysed once and cached, so the same retrieved chunks cost nothing the second time).
+:func:`calibrate` / :func:`fit_calibration`) maps to [0, 1] so that 0.5 is the decision threshold. A claim sharing
+no content word with any context scores 0; a sentence with no content word at all (only stopwords) is not judged.
+Speed, per second of one CPU: about 300-400 3-sentence answers against 5 new contexts of 200 words, about 1,500
+when the contexts were seen before (contexts are analysed once and cached; retrieved chunks repeat).
+
+What it cannot see: paraphrases with other words (it will call them unsupported), and a fact swapped for another
+fact of the same sentence in the same words ("true" and "false" trading places). Those are the nli scorer's job.
 
 Example:
     >>> from rag.lexical import LexicalScorer, best_window
@@ -243,8 +252,9 @@ class Window:
         context: index of the context in the list given.
         span: character offsets of the window (whole sentences) in that context.
         sentences: indices of the window's first and last sentence among ``split_sentences(context)``.
-        features: ``coverage``, ``bigrams`` (shares in [0, 1]), ``missing_numbers``, ``missing_entities``
-            (counts), ``negation`` (0 or 1); see the module docstring.
+        features: ``coverage``, ``bigrams`` (shares in [0, 1]), ``missing_numbers``, ``missing_entities``,
+            ``misplaced`` (counts), ``detached``, ``negation`` (0 or 1); see the module docstring. Feed them to
+            :func:`raw_score` and the calibration, or use them beside another scorer's own judgement.
     """
 
     context: int
