@@ -184,11 +184,9 @@ def test_fit_calibration_separates_and_refuses_one_class():
 
 
 def test_calibrate_on_pairs_gives_a_threshold_between_the_classes():
-    import pandas as pd
-
     contexts = [_passage(page, ANCHORS[i]) for i, (page, *_) in enumerate(CASES)]
-    pairs = pd.DataFrame({"context": contexts * 2, "claim": [c[1] for c in CASES] + [c[2] for c in CASES],
-                          "label": [1] * len(CASES) + [0] * len(CASES)})
+    pairs = {"context": contexts * 2, "claim": [c[1] for c in CASES] + [c[2] for c in CASES],
+             "label": [1] * len(CASES) + [0] * len(CASES)}  # a make_pairs DataFrame or the same columns as lists
     slope, intercept = lexical.calibrate(pairs)
     assert slope > 0
     scorer = lexical.LexicalScorer(calibration=(slope, intercept))
