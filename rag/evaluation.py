@@ -16,9 +16,11 @@ max(ks). :func:`scorer_metrics` scores every answer with a scorer of :mod:`rag.g
 accuracy at 0.5 (each scorer is calibrated so that 0.5 is its threshold), ROC-AUC and answers per second.
 
 Example (``fabric run evaluate_rag --config configs/rag/evaluate.yaml`` runs both and logs them to MLflow):
+    >>> from rag.corpus import python_docs
     >>> from rag.index import Retriever
-    >>> questions = load_questions()
-    >>> retrieval_metrics(Retriever("python-docs"), questions, documents=docs)["page_hit_at_5"]
+    >>> docs = python_docs()
+    >>> documents = dict(zip(docs["doc_id"], docs["text"]))
+    >>> retrieval_metrics(Retriever("python-docs"), load_questions(), documents=documents)["page_hit_at_5"]
     0.95
     >>> scorer_metrics("lexical", load_answers())["balanced_accuracy"]
     0.8
@@ -92,17 +94,21 @@ def find_passage(text: str, passage: str) -> tuple[int, int] | None:
 
 def passage_spans(questions: Sequence[Mapping[str, Any]], documents: Mapping[str, str]
                   ) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per question id, the passage's span in each of its ``doc_ids``; DatasetError names those not found (the
-    documents are another version of the corpus, e.g. another Python's ``pydoc_data``)."""
+    """Per question id, the passage's span in each of its ``doc_ids`` that ``documents`` holds (a subset of the
+    corpus may be evaluated). DatasetError names the passages not found in a page that should hold them, or in
+    none at all: the documents are another version of the corpus (another Python's ``pydoc_data``)."""
     spans, missing = {}, []
     for q in questions:
+        present = [doc_id for doc_id in q["doc_ids"] if doc_id in documents]
         spans[q["id"]] = {}
-        for doc_id in q["doc_ids"]:
-            span = find_passage(documents.get(doc_id, ""), q["passage"])
+        for doc_id in present:
+            span = find_passage(documents[doc_id], q["passage"])
             if span is None:
                 missing.append(f"{q['id']} in {doc_id!r}")
             else:
                 spans[q["id"]][doc_id] = span
+        if not present:
+            missing.append(f"{q['id']} (none of {', '.join(q['doc_ids'])} in the documents)")
     if missing:
         raise DatasetError(f"{len(missing)} passages not found in the documents (another corpus version?): "
                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))

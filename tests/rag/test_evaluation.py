@@ -7,7 +7,10 @@ workload end to end on an index of a few ingested pages, through the Python API 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from rag.evaluation import (
     scorer_metrics,
 )
 from rag.index import Hit
+from tests.helpers import last_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,6 +179,10 @@ def test_passages_are_found_across_whitespace_and_missing_ones_are_named():
     assert find_passage("abc", "zzz") is None
     with pytest.raises(DatasetError, match=r"q9 in 'a'"):
         passage_spans([{"id": "q9", "doc_ids": ["a"], "passage": "absent"}], {"a": "text"})
+    with pytest.raises(DatasetError, match=r"q8 \(none of b in the documents\)"):
+        passage_spans([{"id": "q8", "doc_ids": ["b"], "passage": "text"}], {"a": "text"})
+    # a subset of the corpus: the pages it holds are enough
+    assert passage_spans([{"id": "q7", "doc_ids": ["a", "b"], "passage": "ex"}], {"a": "text"}) == {"q7": {"a": (1, 3)}}
 
 
 def test_classification_metrics_exact_values():
@@ -191,3 +199,86 @@ def test_scorer_metrics_with_the_lexical_scorer(answers):
     assert set(m["by_kind"]) == {a["kind"] for a in items} and len(m["per_item"]) == len(items)
     with pytest.raises(ValueError, match="lexical"):  # an unknown scorer names the known ones
         scorer_metrics("no-such-scorer", items)
+
+
+def test_scorer_metrics_with_the_lexical_scorer_on_the_whole_set(answers):
+    m = scorer_metrics("lexical", answers)  # about 1 s: the baseline the trained scorer has to beat
+    assert m["n"] == len(answers) and m["roc_auc"] > 0.6 and m["answers_per_s"] > 50
+    assert m["by_kind"]["wrong_page"] > 0.8  # another page's answer shares little with these contexts
+
+
+# ---- the workload end to end, on an index of a few ingested pages -----------------------------------------------
+
+PAGES = ["assert", "break", "continue", "del", "lambda", "pass", "with", "yield"]
+ALIAS = "eval-test"
+
+
+@pytest.fixture(scope="module")
+def ingested(ray_session):
+    from fabric.workload import load_workload
+
+    ingest = load_workload("ingest_docs")
+    cfg = ingest.load_config(ROOT / "configs" / "rag" / "python_docs.yaml",
+                             [f"alias={ALIAS}", f"doc_ids=[{', '.join(PAGES)}]", "actors=1", "runtime.ray.num_cpus=2"])
+    return ingest.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def few_questions(tmp_path_factory):
+    rows = [q for q in load_questions() if q["doc_id"] in PAGES]
+    path = tmp_path_factory.mktemp("evaluate-rag") / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in rows), encoding="utf-8")
+    return path, rows
+
+
+def _overrides(path: Path) -> list[str]:
+    return [f"index.alias={ALIAS}", f"retrieval.questions={path}", "groundedness.limit=40", "runtime.ray.num_cpus=2"]
+
+
+@pytest.fixture(scope="module")
+def api_result(ingested, few_questions):
+    from fabric.workload import load_workload
+
+    workload = load_workload("evaluate_rag")
+    return workload.run(workload.load_config(ROOT / "configs" / "rag" / "evaluate.yaml", _overrides(few_questions[0])))
+
+
+@pytest.mark.slow
+def test_the_workload_evaluates_the_live_index_and_logs_everything(api_result, ingested, few_questions):
+    import mlflow
+
+    m, n = api_result, len(few_questions[1])
+    assert m["collection"] == ingested["collection"] and m["commit"] == ingested["commit"]
+    assert m["dense.n"] == n and "hybrid.n" not in m  # the collection has no keyword vectors: hybrid skipped
+    assert 1 >= m["dense.page_hit_at_10"] >= m["dense.page_hit_at_5"] >= m["dense.page_hit_at_1"] > 0
+    assert m["dense.page_hit_at_5"] >= 0.8  # eight pages only: a miss here is worth a look
+    assert m["dense.chunk_hit_at_10"] <= m["dense.page_hit_at_10"] and m["dense.chunk_mrr"] <= m["dense.page_mrr"]
+    assert m["lexical.n"] == 40 and 0 <= m["lexical.balanced_accuracy"] <= 1
+    assert "nli.n" in m or "nli" in m["skipped_scorers"]  # nli needs a registered champion
+    run = mlflow.get_run(m["mlflow_run_id"])
+    assert run.data.metrics["dense.page_mrr"] == pytest.approx(m["dense.page_mrr"])
+    assert run.data.tags["fabric.index.collection"] == ingested["collection"]
+    per_question = mlflow.load_table("retrieval_dense.json", run_ids=[run.info.run_id])
+    assert sorted(per_question["id"]) == sorted(q["id"] for q in few_questions[1])
+    assert len(mlflow.load_table("groundedness_lexical.json", run_ids=[run.info.run_id])) == 40
+
+
+@pytest.mark.slow
+def test_fabric_run_gives_the_api_result(api_result, few_questions, cli_env):
+    command = [sys.executable, "-m", "fabric", "run", "evaluate_rag", "--config", "configs/rag/evaluate.yaml",
+               *_overrides(few_questions[0]), "groundedness.scorers=[lexical]"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = last_json(out.stdout, "dense.page_mrr")
+    keys = [k for k in api_result if k.startswith(("dense.page", "dense.chunk", "lexical.balanced"))]
+    assert {k: result[k] for k in keys} == pytest.approx({k: api_result[k] for k in keys})
+    assert "page_hit_at_5" in out.stdout and "balanced_accuracy" in out.stdout  # the summary table
+
+
+def test_an_index_never_ingested_names_the_ingest_command():
+    from workloads.evaluate_rag import Config, IndexNotReady, open_index
+
+    cfg = Config.from_yaml(ROOT / "configs" / "rag" / "evaluate.yaml", ["index.alias=never-ingested"])
+    with pytest.raises(IndexNotReady, match=r"never-ingested.*fabric run ingest_docs --config "
+                                            r"configs/rag/python_docs.yaml"):
+        open_index(cfg)
