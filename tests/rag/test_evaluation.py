@@ -207,66 +207,53 @@ def test_scorer_metrics_with_the_lexical_scorer_on_the_whole_set(answers):
     assert m["by_kind"]["wrong_page"] > 0.8  # another page's answer shares little with these contexts
 
 
-# ---- the workload end to end, on an index of a few ingested pages -----------------------------------------------
-
-PAGES = ["assert", "break", "continue", "del", "lambda", "pass", "with", "yield"]
-ALIAS = "eval-test"
-
+# ---- the workload end to end, on the session's index of a few pages (tests/rag/conftest.py) ---------------------
 
 @pytest.fixture(scope="module")
-def ingested(ray_session):
-    from fabric.workload import load_workload
-
-    ingest = load_workload("ingest_docs")
-    cfg = ingest.load_config(ROOT / "configs" / "rag" / "python_docs.yaml",
-                             [f"alias={ALIAS}", f"doc_ids=[{', '.join(PAGES)}]", "actors=1", "runtime.ray.num_cpus=2"])
-    return ingest.run(cfg)
-
-
-@pytest.fixture(scope="module")
-def few_questions(tmp_path_factory):
-    rows = [q for q in load_questions() if q["doc_id"] in PAGES]
+def few_questions(docs_index, tmp_path_factory):
+    rows = [q for q in load_questions() if q["doc_id"] in docs_index["docs"]]
     path = tmp_path_factory.mktemp("evaluate-rag") / "questions.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in rows), encoding="utf-8")
     return path, rows
 
 
-def _overrides(path: Path) -> list[str]:
-    return [f"index.alias={ALIAS}", f"retrieval.questions={path}", "groundedness.limit=40", "runtime.ray.num_cpus=2"]
+def _overrides(alias: str, path: Path) -> list[str]:
+    return [f"index.alias={alias}", f"retrieval.questions={path}", "groundedness.limit=40", "runtime.ray.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")
-def api_result(ingested, few_questions):
+def api_result(docs_index, few_questions):
     from fabric.workload import load_workload
 
     workload = load_workload("evaluate_rag")
-    return workload.run(workload.load_config(ROOT / "configs" / "rag" / "evaluate.yaml", _overrides(few_questions[0])))
+    overrides = _overrides(docs_index["alias"], few_questions[0])
+    return workload.run(workload.load_config(ROOT / "configs" / "rag" / "evaluate.yaml", overrides))
 
 
 @pytest.mark.slow
-def test_the_workload_evaluates_the_live_index_and_logs_everything(api_result, ingested, few_questions):
+def test_the_workload_evaluates_the_live_index_and_logs_everything(api_result, docs_index, few_questions):
     import mlflow
 
     m, n = api_result, len(few_questions[1])
-    assert m["collection"] == ingested["collection"] and m["commit"] == ingested["commit"]
+    assert m["collection"] == docs_index["collection"] and m["commit"] == docs_index["commit"]
     assert m["dense.n"] == n and "hybrid.n" not in m  # the collection has no keyword vectors: hybrid skipped
     assert 1 >= m["dense.page_hit_at_10"] >= m["dense.page_hit_at_5"] >= m["dense.page_hit_at_1"] > 0
-    assert m["dense.page_hit_at_5"] >= 0.8  # eight pages only: a miss here is worth a look
+    assert m["dense.page_hit_at_5"] >= 0.8  # six pages only: a miss here is worth a look
     assert m["dense.chunk_hit_at_10"] <= m["dense.page_hit_at_10"] and m["dense.chunk_mrr"] <= m["dense.page_mrr"]
     assert m["lexical.n"] == 40 and 0 <= m["lexical.balanced_accuracy"] <= 1
     assert "nli.n" in m or "nli" in m["skipped_scorers"]  # nli needs a registered champion
     run = mlflow.get_run(m["mlflow_run_id"])
     assert run.data.metrics["dense.page_mrr"] == pytest.approx(m["dense.page_mrr"])
-    assert run.data.tags["fabric.index.collection"] == ingested["collection"]
+    assert run.data.tags["fabric.index.collection"] == docs_index["collection"]
     per_question = mlflow.load_table("retrieval_dense.json", run_ids=[run.info.run_id])
     assert sorted(per_question["id"]) == sorted(q["id"] for q in few_questions[1])
     assert len(mlflow.load_table("groundedness_lexical.json", run_ids=[run.info.run_id])) == 40
 
 
 @pytest.mark.slow
-def test_fabric_run_gives_the_api_result(api_result, few_questions, cli_env):
+def test_fabric_run_gives_the_api_result(api_result, docs_index, few_questions, cli_env):
     command = [sys.executable, "-m", "fabric", "run", "evaluate_rag", "--config", "configs/rag/evaluate.yaml",
-               *_overrides(few_questions[0]), "groundedness.scorers=[lexical]"]
+               *_overrides(docs_index["alias"], few_questions[0]), "groundedness.scorers=[lexical]"]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = last_json(out.stdout, "dense.page_mrr")
