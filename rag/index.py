@@ -16,9 +16,8 @@ Two stores, one protocol (:class:`VectorStore`), picked from the runtime by :fun
   ``update_collection_aliases`` call.
 
 Example:
-    >>> retriever = Retriever("python-docs")
-    >>> [hit.chunk_id for hit in retriever.search("How does a with statement call __exit__?", top_k=2)]
-    ['with#1', 'with#0']
+    >>> [h.chunk_id for h in Retriever("python-docs").search("How does a with statement call __exit__?", top_k=2)]
+    ['with#1', 'with#2']
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
+from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,11 +39,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fabric.runtime import RuntimeConfig, resolve_stack
+from fabric.runtime import RuntimeConfig, qdrant_client, resolve_stack
 from rag.embedding import embedder, keyword_vector
 
-__all__ = ["DEFAULT_ALIAS", "FILTER_FIELDS", "CollectionInfo", "Hit", "IndexUnavailable", "LocalStore", "Retriever",
-           "ServerStore", "VectorStore", "collection_name", "open_vector_store", "point_id", "points"]
+__all__ = ["DEFAULT_ALIAS", "FILTER_FIELDS", "KEYWORDS", "CollectionInfo", "Hit", "IndexUnavailable", "LocalStore",
+           "Retriever", "ServerStore", "VectorStore", "check_alias", "collection_name", "create_collection",
+           "open_vector_store", "point_id"]
 
 DEFAULT_ALIAS = "python-docs"
 KEYWORDS = "keywords"  # the sparse vector of hybrid collections
@@ -75,11 +77,9 @@ class CollectionInfo:
 
     @classmethod
     def from_metadata(cls, name: str, meta: dict[str, Any] | None) -> CollectionInfo:
-        meta = dict(meta or {})
-        if "commit" not in meta:
+        if "commit" not in (meta or {}):
             raise IndexUnavailable(f"Qdrant collection {name!r} was not built by rag.ingest (it has no metadata)")
-        known = {k: meta[k] for k in cls.__dataclass_fields__ if k in meta}
-        return cls(**{**known, "name": name})
+        return cls(**{**{k: meta[k] for k in cls.__dataclass_fields__ if k in meta}, "name": name})
 
 
 @dataclass(frozen=True)
@@ -125,24 +125,6 @@ def point_id(commit: str, chunk_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{commit}/{chunk_id}"))
 
 
-def points(chunks: Any, vectors: np.ndarray, commit: str, uri: str, hybrid: bool) -> list[Any]:
-    """Qdrant points of a chunk frame (chunk_id, doc_id, title, source, text, start, end) and its embeddings."""
-    from qdrant_client import models
-
-    out = []
-    for row, vector in zip(chunks.itertuples(index=False), vectors, strict=True):
-        payload = {"chunk_id": row.chunk_id, "doc_id": row.doc_id, "title": row.title, "source": row.source,
-                   "text": row.text, "start": int(row.start), "end": int(row.end), "commit": commit, "uri": uri}
-        dense = [float(x) for x in vector]
-        if hybrid:
-            ids, weights = keyword_vector(f"{row.title}\n{row.text}")
-            value: Any = {"": dense, KEYWORDS: models.SparseVector(indices=ids, values=weights)}
-        else:
-            value = dense
-        out.append(models.PointStruct(id=point_id(commit, row.chunk_id), vector=value, payload=payload))
-    return out
-
-
 def create_collection(client: Any, info: CollectionInfo) -> None:
     """Creates ``info.name`` (cosine dense vectors, plus IDF-weighted keywords when hybrid) with its metadata."""
     from qdrant_client import models
@@ -154,28 +136,16 @@ def create_collection(client: Any, info: CollectionInfo) -> None:
 
 
 class VectorStore(Protocol):
-    """Where collections live and how an alias is published."""
+    """Where collections live and how an alias is published (:class:`LocalStore`, :class:`ServerStore`)."""
 
     where: str  # for messages: "Qdrant local mode at ...", "Qdrant server at ..."
 
-    def live(self, alias: str) -> str | None:
-        """The collection the alias points at now, or None."""
-
-    def open_build(self, info: CollectionInfo) -> Any:
-        """A client holding collection ``info.name`` (created empty when new) to upsert into, unpublished."""
-
-    def close_build(self, client: Any) -> None:
-        """Done upserting (local mode releases the folder)."""
-
-    def publish(self, info: CollectionInfo, keep: int) -> list[str]:
-        """Points the alias at ``info.name`` and drops the alias's collections beyond the ``keep`` newest
-        published ones (unfinished builds too); returns the dropped names."""
-
-    def open_live(self, alias: str) -> tuple[Any, CollectionInfo]:
-        """A client to query and what the alias's live collection holds; IndexUnavailable when none."""
-
-    def lock(self, alias: str) -> contextlib.AbstractContextManager[None]:
-        """Held while an ingestion builds for ``alias``."""
+    def live(self, alias: str) -> str | None: ...  # the collection the alias points at now
+    def open_build(self, info: CollectionInfo) -> Any: ...  # a client holding info.name (created when new)
+    def close_build(self, client: Any) -> None: ...  # done upserting (local mode releases the folder)
+    def publish(self, info: CollectionInfo, keep: int) -> list[str]: ...  # move the alias, drop beyond `keep`
+    def open_live(self, alias: str) -> tuple[Any, CollectionInfo]: ...  # a client to query; IndexUnavailable
+    def lock(self, alias: str) -> contextlib.AbstractContextManager[None]: ...  # held while ingesting
 
 
 class LocalStore:
@@ -197,8 +167,7 @@ class LocalStore:
             return None
 
     def live(self, alias: str) -> str | None:
-        pointer = self.pointer(alias)
-        return pointer["collection"] if pointer else None
+        return (self.pointer(alias) or {}).get("collection")
 
     def open_build(self, info: CollectionInfo) -> Any:
         client = self._open(self.folder(info.name))
@@ -206,8 +175,7 @@ class LocalStore:
             create_collection(client, info)
         return client
 
-    def close_build(self, client: Any) -> None:
-        client.close()
+    close_build = staticmethod(lambda client: client.close())
 
     def publish(self, info: CollectionInfo, keep: int) -> list[str]:
         previous = self.pointer(info.alias) or {}
@@ -252,8 +220,8 @@ class LocalStore:
     def lock(self, alias: str) -> Iterator[None]:
         import fcntl
 
-        (self.root / "aliases").mkdir(parents=True, exist_ok=True)
-        (self.root / "collections").mkdir(parents=True, exist_ok=True)
+        for sub in ("aliases", "collections"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
         with open(self.root / "aliases" / f"{check_alias(alias)}.lock", "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -293,12 +261,13 @@ class ServerStore:
     def open_build(self, info: CollectionInfo) -> Any:
         if not self.client.collection_exists(info.name):
             create_collection(self.client, info)
-            for key in FILTER_FIELDS:
-                self.client.create_payload_index(info.name, key, field_schema="keyword")
+            with warnings.catch_warnings():  # a local-mode stand-in warns that it has no payload indexes
+                warnings.simplefilter("ignore", UserWarning)
+                for key in FILTER_FIELDS:
+                    self.client.create_payload_index(info.name, key, field_schema="keyword")
         return self.client
 
-    def close_build(self, client: Any) -> None:
-        pass
+    close_build = staticmethod(lambda client: None)
 
     def publish(self, info: CollectionInfo, keep: int) -> list[str]:
         from qdrant_client import models
@@ -337,10 +306,19 @@ def open_vector_store(runtime: RuntimeConfig | None = None) -> VectorStore:
     """The configured store: a Qdrant server when ``QDRANT_URL`` (or ``runtime.qdrant_url``) is set, else local."""
     stack = resolve_stack(runtime)
     if stack.qdrant_mode == "server":
-        from fabric.runtime import qdrant_client
-
         return ServerStore(qdrant_client(runtime), where=f"Qdrant server at {stack.qdrant}")
     return LocalStore(stack.qdrant)
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Any Qdrant failure in the block becomes IndexUnavailable("<what>: <error>")."""
+    try:
+        yield
+    except IndexUnavailable:
+        raise
+    except Exception as exc:
+        raise IndexUnavailable(f"{what}: {exc}") from exc
 
 
 def _nothing_published(alias: str, where: str) -> str:
@@ -348,11 +326,7 @@ def _nothing_published(alias: str, where: str) -> str:
             "`fabric run ingest_docs --config configs/rag/python_docs.yaml`")
 
 
-@dataclass(frozen=True)
-class _Live:
-    client: Any
-    info: CollectionInfo
-    hybrid: bool
+_Live = namedtuple("_Live", "client info hybrid")  # what a Retriever queries now, swapped in one assignment
 
 
 class Retriever:
@@ -393,13 +367,8 @@ class Retriever:
         """What the live collection holds (commit, documents URI, embedder, settings)."""
         return self._current().info
 
-    @property
-    def collection(self) -> str:
-        return self.info.name
-
-    @property
-    def commit(self) -> str:
-        return self.info.commit
+    collection = property(lambda self: self.info.name, doc="The live collection's name.")
+    commit = property(lambda self: self.info.commit, doc="The data commit the live collection holds.")
 
     def refresh(self) -> bool:
         """Switches to the collection the alias points at now; True when it changed. Queries already running
@@ -445,24 +414,15 @@ class Retriever:
 
     def _refresh(self) -> bool:
         current = self._live
-        try:
+        with _unavailable(f"{self.store.where} is unreachable for alias {self.alias!r}"):
             name = self.store.live(self.alias)
-        except IndexUnavailable:
-            raise
-        except Exception as exc:
-            raise IndexUnavailable(f"{self.store.where} is unreachable for alias {self.alias!r}: "
-                                   f"{exc}") from exc
         self._checked = time.monotonic()
         if name is None and current is None:
             raise IndexUnavailable(_nothing_published(self.alias, self.store.where))
         if name is None or (current is not None and current.info.name == name):
             return False
-        try:
+        with _unavailable(f"{self.store.where} failed to open alias {self.alias!r}"):
             client, info = self.store.open_live(self.alias)
-        except IndexUnavailable:
-            raise
-        except Exception as exc:
-            raise IndexUnavailable(f"{self.store.where} failed to open alias {self.alias!r}: {exc}") from exc
         hybrid = info.hybrid if self.hybrid is None else self.hybrid
         if hybrid and not info.hybrid:
             raise IndexUnavailable(f"{self.store.where}: collection {info.name!r} of alias {self.alias!r} has no "
@@ -486,11 +446,8 @@ class Retriever:
                 requests.append(models.QueryRequest(
                     query=models.SparseVector(indices=ids, values=weights), using=KEYWORDS, filter=condition,
                     limit=depth, with_payload=True, with_vector=[""]))
-        try:
+        with _unavailable(f"{self.store.where} failed to query {live.info.name!r} of alias {self.alias!r}"):
             responses = live.client.query_batch_points(live.info.name, requests=requests)
-        except Exception as exc:
-            raise IndexUnavailable(f"{self.store.where} failed to query collection {live.info.name!r} of alias "
-                                   f"{self.alias!r}: {exc}") from exc
         results, dense = [], [r for k, r in enumerate(responses) if k not in keyword_at.values()]
         for i, response in enumerate(dense):
             if i in keyword_at:
@@ -533,11 +490,10 @@ def _filter(filters: dict[str, str | list[str]] | None) -> Any:
     for key, value in filters.items():
         if key not in FILTER_FIELDS:
             raise ValueError(f"cannot filter on {key!r}: filterable fields are {', '.join(FILTER_FIELDS)}")
-        if isinstance(value, str):
-            conditions.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=value)))
-        else:
+        if not (isinstance(value, str) or (isinstance(value, list) and value and
+                                           all(isinstance(v, str) for v in value))):
             raise ValueError(f"filter {key!r} must be a string or a non-empty list of strings, got {value!r}")
+        match = models.MatchValue(value=value) if isinstance(value, str) else models.MatchAny(any=value)
+        conditions.append(models.FieldCondition(key=key, match=match))
     return models.Filter(must=conditions)
 
