@@ -87,15 +87,8 @@ def normalize(text: str) -> str:
 
 def corpus_docs() -> Any:
     """The demo corpus as a DataFrame (doc_id, title, source, text): ``rag.corpus.python_docs()``."""
-    try:
-        from rag.corpus import python_docs
-    except ImportError:  # rag.corpus not there yet: the same pages, uncleaned  TODO(C): drop once it lands
-        from pydoc_data.topics import topics
+    from rag.corpus import python_docs
 
-        import pandas as pd
-
-        return pd.DataFrame({"doc_id": list(topics), "title": list(topics), "source": [f"python-docs/{k}" for k in
-                             topics], "text": list(topics.values())})
     return python_docs()
 
 

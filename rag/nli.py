@@ -240,8 +240,12 @@ def _download(model_name: str, version: Any) -> Path:
         partial = target.with_name(target.name + f".partial-{time.time_ns()}")
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version.version}",
                                             dst_path=str(partial))
-        if not target.exists():
+        try:
             partial.rename(target)
+        except OSError:  # another process put it there first
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
