@@ -6,7 +6,8 @@ Errors: on ``/rag`` routes a JSON ``{"error": message, "param"}``, on ``/v1`` ro
 (a ``model`` this app does not serve), 413 (body), 422 (bad JSON or a wrongly typed field), 400 (empty or too long
 query, top_k or max_tokens over the limits, a filter key not allowed), 429 (too many requests in flight), 503 (the
 retriever, Qdrant or the LLM is down, saying which), 504 (past ``limits.request_timeout_s``). Every response has
-``x-request-id``.
+``x-request-id`` (Ray Serve's proxy sets it on every request and response; the gateway uses the same id in
+bodies, logs, traces and the inference log).
 
 The chat route answers the last user message from the documents: its content is the answer with ``[n]``
 markers and a ``Sources:`` list; the top-level ``rag`` field holds the citations, groundedness, commit and
@@ -44,6 +45,7 @@ api = FastAPI(title="fabric RAG", description="Answers from the documents with c
 
 
 def _request_id(request: Request) -> str:
+    """The id Serve's proxy gave the request (the client's own x-request-id when it sent one)."""
     given = request.headers.get("x-request-id", "")
     return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
 
@@ -145,7 +147,7 @@ class RagGateway:
             return self._error(exc, rid, openai=True)
         return JSONResponse({"object": "list", "data": [
             {"id": self.cfg.model, "object": "model", "created": self.created, "owned_by": "fabric",
-             "root": self.cfg.index.alias, "parent": None}]}, headers={"x-request-id": rid})
+             "root": self.cfg.index.alias, "parent": None}]})
 
     @api.post("/rag/query")
     async def query(self, request: Request) -> JSONResponse:
@@ -167,7 +169,7 @@ class RagGateway:
             return self._error(ApiError(f"internal error ({type(exc).__name__}); the server log has the details "
                                         f"under request id {rid}", 500), rid, openai=False, route="rag_query")
         self.telemetry.request("rag_query", 200)
-        return JSONResponse(result, headers={"x-request-id": rid})
+        return JSONResponse(result)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
@@ -204,7 +206,7 @@ class RagGateway:
         body = oai.chat_response(f"chatcmpl-{rid}", req.model, content, result.pop("_finish", "stop"),
                                  usage["prompt_tokens"], usage["completion_tokens"])
         body["rag"] = result
-        return JSONResponse(body, headers={"x-request-id": rid})
+        return JSONResponse(body)
 
     # -- steps -------------------------------------------------------------------------------------------------
 
@@ -261,7 +263,7 @@ class RagGateway:
                                      exc.message)
                 raise
         body = self._sse(req, question, rid, slot, timings, retrieved, used, messages, events, first)
-        return StreamingResponse(body, media_type="text/event-stream", headers={"x-request-id": rid})
+        return StreamingResponse(body, media_type="text/event-stream")
 
     async def _sse(self, req: Any, question: Any, rid: str, slot: _Slot, timings: Timings, retrieved: dict,
                    used: list, messages: Any, events: AsyncIterator | None, first: dict | None) -> AsyncIterator[bytes]:
@@ -382,7 +384,7 @@ class RagGateway:
             log.warning("fabric rag: request %s: %s", rid, exc.message)
         if route:
             self.telemetry.request(route, exc.status)
-        headers = {"x-request-id": rid, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         body = oai.error_body(exc) if openai else {"error": exc.message, "param": exc.param, "request_id": rid}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
