@@ -109,3 +109,13 @@ def test_config_refuses_contradictions_and_unknown_filter_keys():
     external = RagServeConfig.from_dict({"llm": {"url": "http://127.0.0.1:9/v1", "model": "x"},
                                          "limits": {"max_tokens": 600}, "index": {"top_k": 5}})
     assert not external.llm.embedded
+
+
+def test_fabric_serve_up_takes_kind_rag_and_stops_on_a_bad_override_before_ray_starts(cli_env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fabric", "serve", "up", "configs/serve/rag.yaml", "index.top_k=99"],
+                         capture_output=True, text=True, env=cli_env, timeout=120)
+    assert out.returncode != 0 and "index.top_k (99) is over limits.max_top_k (20)" in out.stdout + out.stderr
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
