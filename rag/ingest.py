@@ -43,9 +43,6 @@ from rag.index import (
 
 __all__ = ["EmbedChunks", "IngestSettings", "fingerprint", "ingest", "points"]
 
-UPSERT_BATCH = 128
-
-
 class IngestSettings(FabricConfig):
     """What to ingest, how to chunk and embed it, and where to publish it."""
 
@@ -165,20 +162,21 @@ def _fill(client: Any, info: CollectionInfo, chunks: Any, settings: IngestSettin
         print(f"[ingest_docs] resuming {info.name}: {len(have)} chunks already in, {len(todo)} to embed", flush=True)
     if todo.empty:
         return 0
-    pieces = np.array_split(todo[["chunk_id", "title", "text"]], min(math.ceil(len(todo) / settings.batch_size), 200))
-    embedded = ray.data.from_pandas([p for p in pieces if len(p)]).map_batches(
+    size = max(settings.batch_size, math.ceil(len(todo) / 200))  # blocks of whole batches, for the whole pool
+    blocks = [todo.iloc[i:i + size][["chunk_id", "title", "text"]] for i in range(0, len(todo), size)]
+    embedded = ray.data.from_pandas(blocks).map_batches(
         EmbedChunks, fn_constructor_kwargs={"source": settings.embedder, "dtype": settings.dtype,
                                             "embed_title": settings.embed_title, "cpus": settings.actor_cpus},
         compute=ray.data.ActorPoolStrategy(size=settings.actors), batch_size=settings.batch_size,
         batch_format="pandas", num_cpus=settings.actor_cpus,
     )
     rows = todo.set_index("chunk_id", drop=False)
-    done, step = 0, max(len(todo) // 10, UPSERT_BATCH)
-    for batch in embedded.iter_batches(batch_size=UPSERT_BATCH, batch_format="pandas"):
+    done, step = 0, max(len(todo) // 10, 1)
+    for batch in embedded.iter_batches(batch_size=settings.batch_size, batch_format="pandas"):
         vectors = np.stack([np.asarray(v, dtype=np.float32) for v in batch["vector"]])
         client.upsert(info.name, points(rows.loc[batch["chunk_id"].tolist()], vectors, info.commit, info.uri,
                                         info.hybrid), wait=True)
-        if (done + len(batch)) // step > done // step or done + len(batch) == len(todo):
+        if (done + len(batch)) // step > done // step or done + len(batch) == len(todo):  # about every 10%
             print(f"[ingest_docs] {done + len(batch)}/{len(todo)} chunks embedded and upserted "
                   f"({time.monotonic() - started:.1f} s)", flush=True)
         done += len(batch)
