@@ -156,7 +156,7 @@ class ModelServer:
 
 
 def _public(meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("features", "task", "n_outputs", "model_type", "schema", "inputs")
+    keys = ("features", "task", "n_outputs", "model_type", "schema", "inputs", "outputs")
     return {k: meta[k] for k in keys if k in meta}
 
 

@@ -219,9 +219,9 @@ def mlflow_response(columns: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def v2_metadata(name: str, versions: list[str], meta: dict[str, Any]) -> dict[str, Any]:
-    if meta["task"] == "pyfunc":  # any MLflow model: its signature's inputs, outputs known only once it answers
+    if meta["task"] == "pyfunc":  # any MLflow model: its signature's inputs and outputs (pyfunc_io.describe)
         return {"name": name, "versions": versions, "platform": f"mlflow_{meta['model_type']}",
-                "inputs": meta["inputs"], "outputs": []}
+                "inputs": meta["inputs"], "outputs": meta.get("outputs") or []}
     outputs = [{"name": "prediction", "datatype": "INT64" if meta["task"] == "classification" else "FP64",
                 "shape": [-1]}]
     if meta["task"] == "classification":

@@ -28,24 +28,36 @@ V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float":
 
 
 def describe(pyfunc: Any) -> dict[str, Any]:
-    """What the gateway needs of a model: its flavor, its signature's input names and its input schema (JSON)."""
+    """What the gateway needs of a model: its flavor, its signature's input names, its input schema (JSON), and
+    its inputs and outputs as V2 metadata tensors (an output without a name is ``predictions``, as /infer names
+    it; without an output schema, one generic ``predictions`` output of type ``BYTES``, as its type is known only
+    once the model answers)."""
+    schema = pyfunc.metadata.get_input_schema()
+    output_schema = pyfunc.metadata.get_output_schema()
+    flavors = [f for f in pyfunc.metadata.flavors if f != "python_function"]
+    names = schema.input_names() if schema is not None and schema.has_input_names() else None
+    outputs = [_v2_tensor(spec, "predictions") for spec in output_schema.inputs] if output_schema is not None else [
+        {"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
+    return {"task": KIND, "model_type": flavors[0] if flavors else "python_function",
+            "features": [str(n) for n in names] if names else None, "n_outputs": None,
+            "schema": schema.to_json() if schema is not None else None,
+            "inputs": [_v2_tensor(spec, "input") for spec in (schema.inputs if schema is not None else [])],
+            "outputs": outputs}
+
+
+def _v2_tensor(spec: Any, unnamed: str) -> dict[str, Any]:
+    """A signature's column or tensor as V2 metadata: name, datatype, shape."""
     from mlflow.types import TensorSpec
 
     from fabric.serve.protocols import datatype_of
 
-    schema = pyfunc.metadata.get_input_schema()
-    flavors = [f for f in pyfunc.metadata.flavors if f != "python_function"]
-    names = schema.input_names() if schema is not None and schema.has_input_names() else None
-    inputs = []
-    for spec in schema.inputs if schema is not None else []:
-        if isinstance(spec, TensorSpec):
-            inputs.append({"name": spec.name or "input", "datatype": datatype_of(spec.type), "shape": list(spec.shape)})
-        else:
-            inputs.append({"name": spec.name, "datatype": V2_OF_MLFLOW.get(getattr(spec.type, "name", ""), "BYTES"),
-                           "shape": [-1]})
-    return {"task": KIND, "model_type": flavors[0] if flavors else "python_function",
-            "features": [str(n) for n in names] if names else None, "n_outputs": None,
-            "schema": schema.to_json() if schema is not None else None, "inputs": inputs}
+    if isinstance(spec, TensorSpec):
+        return {"name": spec.name or unnamed, "datatype": datatype_of(spec.type), "shape": list(spec.shape)}
+    kind = spec.type
+    while hasattr(kind, "dtype") and not hasattr(kind, "name"):  # an Array column: the type of its items
+        kind = kind.dtype
+    return {"name": spec.name or unnamed, "datatype": V2_OF_MLFLOW.get(getattr(kind, "name", ""), "BYTES"),
+            "shape": [-1]}
 
 
 @functools.lru_cache(maxsize=64)
@@ -153,14 +165,14 @@ def batchable(items: list[Any]) -> bool:
 
 
 def columns_of(raw: Any) -> dict[str, np.ndarray]:
-    """A pyfunc's output as named columns (V2 output tensors): a DataFrame's columns, a Series, an array or a
-    list as ``predictions``, a dict's entries."""
+    """A pyfunc's output as named columns (V2 output tensors): a DataFrame's columns, a Series by its name, an
+    array, a list or an unnamed Series as ``predictions``, a dict's entries."""
     import pandas as pd
 
     if isinstance(raw, pd.DataFrame):
         return {str(c): raw[c].to_numpy() for c in raw.columns}
-    if isinstance(raw, pd.Series):
-        return {"predictions": raw.to_numpy()}
+    if isinstance(raw, pd.Series):  # named as its signature names it
+        return {"predictions" if raw.name is None else str(raw.name): raw.to_numpy()}
     if isinstance(raw, dict):
         return {str(k): np.asarray(v) for k, v in raw.items()}
     return {"predictions": np.asarray(raw)}

@@ -536,6 +536,7 @@ def test_any_registered_mlflow_model_is_served_by_alias_with_its_signature(serve
         np.testing.assert_array_equal(result.as_numpy("predictions"), expected)
     metadata = client.get_model_metadata(SKLEARN, headers=headers)
     assert metadata["platform"] == "mlflow_sklearn" and [i["name"] for i in metadata["inputs"]] == list(rows.columns)
+    assert metadata["outputs"] == [{"name": "predictions", "datatype": "INT64", "shape": [-1]}]  # its signature's
 
     words = pd.DataFrame({"word": ["ada", "bo"], "x": [1.5, -2.0]})
     word, x = triton.InferInput("word", [2], "BYTES"), triton.InferInput("x", [2], "FP64")
@@ -543,6 +544,9 @@ def test_any_registered_mlflow_model_is_served_by_alias_with_its_signature(serve
     x.set_data_from_numpy(words["x"].to_numpy("float64"))
     result = client.infer(CUSTOM, [word, x], headers=headers)
     assert result.as_numpy("greeting").tolist() == [b"hello ada", b"hello bo"]
+    assert [(o["name"], o["datatype"]) for o in client.get_model_metadata(CUSTOM, headers=headers)["outputs"]] == [
+        (o["name"], o["datatype"]) for o in result.get_response()["outputs"]] == [("greeting", "BYTES"),
+                                                                                  ("double", "FP64")]
     assert result.as_numpy("double").tolist() == [3.0, -4.0]
     answer = _post(server, f"/models/{CUSTOM}/invocations", {"dataframe_records": words.to_dict(orient="records")})
     assert answer.status_code == 200 and answer.json() == {"predictions": server["foreign"][CUSTOM].predict(

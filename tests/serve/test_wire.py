@@ -130,3 +130,26 @@ def test_any_mlflow_model_is_parsed_by_mlflow_and_checked_against_its_signature(
     assert v2.to_dict(orient="list") == {"a": [1.0, 2.0], "city": ["Rome", "Lima"]}
     assert list(columns_of(np.array([1, 0]))) == ["predictions"]
     assert list(columns_of(pd.DataFrame({"p": [1], "q": ["x"]}))) == ["p", "q"]
+
+
+def test_v2_metadata_of_any_mlflow_model_lists_the_outputs_infer_returns():
+    from mlflow.models import infer_signature
+
+    from fabric.serve.protocols import v2_metadata
+    from fabric.serve.pyfunc_io import columns_of, describe
+
+    x = pd.DataFrame({"a": [1.0, 2.0]})
+    outputs = [pd.DataFrame({"label": [1, 0], "score": [0.5, 0.25]}), np.array([1, 0]), np.ones((2, 3)),
+               {"total": np.array([1.0, 2.0]), "tag": ["x", "y"]}, pd.Series([0.5, 1.5], name="y")]
+    for output in outputs:
+        signature = infer_signature(x, output)
+        metadata = SimpleNamespace(get_input_schema=lambda s=signature: s.inputs,
+                                   get_output_schema=lambda s=signature: s.outputs,
+                                   flavors={"sklearn": {}, "python_function": {}})
+        listed = v2_metadata("m", ["1"], describe(SimpleNamespace(metadata=metadata)))["outputs"]
+        answered = v2_response("m", "1", columns_of(output), None)["outputs"]  # what /infer returns
+        assert [(o["name"], o["datatype"]) for o in listed] == [(o["name"], o["datatype"]) for o in answered]
+        assert all(len(o["shape"]) == len(a["shape"]) for o, a in zip(listed, answered, strict=True))
+    unsigned = SimpleNamespace(get_input_schema=lambda: None, get_output_schema=lambda: None, flavors={})
+    assert v2_metadata("m", ["1"], describe(SimpleNamespace(metadata=unsigned)))["outputs"] == [
+        {"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
