@@ -142,7 +142,7 @@ class ModelServer:
             positions = [i for i, (v, _) in enumerate(items) if v == version]
             matrices = [items[i][1] for i in positions]
             if meta["task"] == "pyfunc":
-                for i, answer in zip(positions, _pyfunc_batch(model, matrices), strict=True):
+                for i, answer in zip(positions, _pyfunc_batch(meta, model, matrices), strict=True):
                     results[i] = (version, answer)
                 self.batch_sizes.observe(len(matrices), tags={"model": self.route.name, "version": version})
                 continue
@@ -160,23 +160,20 @@ def _public(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
-def _pyfunc_batch(pyfunc: Any, inputs: list[Any]) -> list[Any]:
-    """One model call for inputs that merge (DataFrames of the same columns) whose output splits back by rows;
-    else one call each. A failing input gets its exception (a 422), not its neighbours."""
+def _pyfunc_batch(meta: dict[str, Any], pyfunc: Any, inputs: list[Any]) -> list[Any]:
+    """One model call for inputs that merge (DataFrames of the same columns) whose output splits back by rows
+    (see pyfunc_io.Outputs.split); else one call each. A failing input gets its exception (a 422), not its
+    neighbours."""
     from fabric.serve.pyfunc_io import batchable, columns_of
 
-    if batchable(inputs):
+    if batchable(inputs) and not meta.get("unsplit"):
         import pandas as pd
 
         try:
-            columns = columns_of(pyfunc.predict(pd.concat(inputs, ignore_index=True)))
-            total = sum(len(d) for d in inputs)
-            if all(len(v) == total for v in columns.values()):
-                answers, start = [], 0
-                for data in inputs:
-                    answers.append({c: v[start:start + len(data)] for c, v in columns.items()})
-                    start += len(data)
+            answers = columns_of(pyfunc.predict(pd.concat(inputs, ignore_index=True))).split([len(d) for d in inputs])
+            if answers is not None:
                 return answers
+            meta["unsplit"] = True  # its output does not split into rows: never merge its inputs again
         except Exception:  # one bad input fails the merged call: answer each on its own below
             pass
     answers = []

@@ -211,10 +211,11 @@ def v2_response(name: str, version: str, columns: dict[str, np.ndarray], request
 
 
 def mlflow_response(columns: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``{"predictions": ...}`` as ``mlflow models serve`` answers: one object per row for a DataFrame, the plain
-    values for an array (a pyfunc's ``predictions`` column)."""
-    if list(columns) == ["predictions"]:
-        return {"predictions": columns["predictions"].tolist()}
+    """``{"predictions": ...}`` as ``mlflow models serve`` answers: one object per row for a fabric model (its
+    pyfunc returns a DataFrame); for any other model, what MLflow's scoring server makes of its output (one object
+    per row of a DataFrame or Series, a dict as it is, an array's values; see pyfunc_io.Outputs)."""
+    if hasattr(columns, "predictions"):
+        return {"predictions": columns.predictions()}
     return {"predictions": records(columns)}
 
 

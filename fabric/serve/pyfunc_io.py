@@ -20,7 +20,7 @@ import numpy as np
 
 from fabric.serve.protocols import RequestError
 
-__all__ = ["KIND", "batchable", "columns_of", "describe", "loggable", "parse_mlflow", "parse_v2"]
+__all__ = ["KIND", "Outputs", "batchable", "columns_of", "describe", "loggable", "parse_mlflow", "parse_v2"]
 
 KIND = "pyfunc"  # meta["task"] of a model served through MLflow's pyfunc rather than fabric's fast path
 V2_OF_MLFLOW = {"boolean": "BOOL", "integer": "INT32", "long": "INT64", "float": "FP32", "double": "FP64",
@@ -164,18 +164,64 @@ def batchable(items: list[Any]) -> bool:
         len({tuple(d.columns) for d in items}) == 1
 
 
-def columns_of(raw: Any) -> dict[str, np.ndarray]:
+class Outputs(dict):
+    """A pyfunc's output as named columns (V2's output tensors) that remembers what the model returned, so that
+    ``/invocations`` answers as MLflow's scoring server does (its ``predictions_to_json``): ``frame`` (a
+    DataFrame: one object per row), ``series`` (one object per row, keyed by the Series' name, ``"0"`` when it
+    has none), ``dict`` (the dict itself), ``values`` (an array, a list or a scalar: the values)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], kind: str, label: str | None = None):
+        super().__init__(columns)
+        self.kind, self.label = kind, label
+
+    def __reduce__(self) -> Any:  # crosses Ray process boundaries with its kind
+        return Outputs, (dict(self), self.kind, self.label)
+
+    def split(self, sizes: list[int]) -> list[Outputs] | None:
+        """The outputs of consecutive row blocks of ``sizes`` rows; None for a dict (MLflow answers it as it is,
+        so it is not known to hold rows) and when some column is not one value per row."""
+        total = sum(sizes)
+        if self.kind == "dict" or not all(np.ndim(v) >= 1 and len(v) == total for v in self.values()):
+            return None
+        bounds = np.cumsum([0, *sizes])
+        return [Outputs({c: v[a:b] for c, v in self.items()}, self.kind, self.label)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def predictions(self) -> Any:
+        """What MLflow's scoring server puts under ``predictions`` for this output."""
+        from fabric.serve.protocols import records
+
+        if self.kind == "frame":
+            return records(self)
+        values = {c: v.tolist() for c, v in self.items()}
+        if self.kind == "series":
+            return [{self.label: value} for value in next(iter(values.values()))]
+        return values if self.kind == "dict" else values["predictions"]
+
+
+def columns_of(raw: Any) -> Outputs:
     """A pyfunc's output as named columns (V2 output tensors): a DataFrame's columns, a Series by its name, an
     array, a list or an unnamed Series as ``predictions``, a dict's entries."""
     import pandas as pd
 
     if isinstance(raw, pd.DataFrame):
-        return {str(c): raw[c].to_numpy() for c in raw.columns}
+        return Outputs({str(c): raw[c].to_numpy() for c in raw.columns}, "frame")
     if isinstance(raw, pd.Series):  # named as its signature names it
-        return {"predictions" if raw.name is None else str(raw.name): raw.to_numpy()}
+        name = "predictions" if raw.name is None else str(raw.name)
+        return Outputs({name: raw.to_numpy()}, "series", "0" if raw.name is None else str(raw.name))
     if isinstance(raw, dict):
-        return {str(k): np.asarray(v) for k, v in raw.items()}
-    return {"predictions": np.asarray(raw)}
+        return Outputs({str(k): _array(v) for k, v in raw.items()}, "dict")
+    return Outputs({"predictions": _array(raw)}, "values")
+
+
+def _array(values: Any) -> np.ndarray:
+    """``values`` as an array; a ragged list as a 1-D array of its items."""
+    try:
+        return np.asarray(values)
+    except ValueError:
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+        return array
 
 
 def loggable(data: Any, meta: dict[str, Any], columns: dict[str, np.ndarray]) -> tuple[list[str], Any, dict] | None:

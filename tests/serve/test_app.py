@@ -14,6 +14,7 @@ from tests.tabular_models import register_linear
 pytestmark = pytest.mark.slow
 MODEL = "served-bc"
 SKLEARN, CUSTOM = "served-sklearn", "served-custom"  # MLflow models fabric did not train, served by alias
+TOTALS = "served-totals"  # one more, logged without a signature, that answers with a dict
 PREDICT_KEY, ADMIN_KEY = "test-predict-key", "test-admin-key"
 
 
@@ -41,12 +42,12 @@ def server(ray_session, tmp_path_factory):
                                  "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1,
                                              "num_replicas": 2},
                                             *({"name": n, "placement": "gateway", "num_cpus": 0.05}
-                                              for n in (SKLEARN, CUSTOM))]})
+                                              for n in (SKLEARN, CUSTOM, TOTALS))]})
     url = run_serve_app(build_app, cfg, f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
     try:
         yield {"url": url, "frame": frame, "log_root": log_root, "v1": v1, "v2": v2, "broken": broken,
                "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)},
-               "foreign": {n: mlflow.pyfunc.load_model(f"models:/{n}@champion") for n in (SKLEARN, CUSTOM)}}
+               "foreign": {n: mlflow.pyfunc.load_model(f"models:/{n}@champion") for n in (SKLEARN, CUSTOM, TOTALS)}}
     finally:
         serve.shutdown()
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -54,7 +55,8 @@ def server(ray_session, tmp_path_factory):
 
 def _register_foreign_models(frame):
     """A scikit-learn pipeline logged with mlflow.sklearn and a custom PythonModel with a string input, each
-    registered with a signature and the alias champion."""
+    registered with a signature, and a PythonModel without one that answers with a dict; all with the alias
+    champion."""
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
@@ -68,6 +70,10 @@ def _register_foreign_models(frame):
             return pd.DataFrame({"greeting": ["hello " + w for w in model_input["word"]],
                                  "double": model_input["x"] * 2})
 
+    class Totals(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return {"total": (model_input["a"] + model_input["b"]).tolist(), "rows": len(model_input)}
+
     x, y = frame.drop(columns=["label"]), frame["label"]
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
     example = pd.DataFrame({"word": ["a"], "x": [1.0]})
@@ -78,8 +84,10 @@ def _register_foreign_models(frame):
             mlflow.pyfunc.log_model(name="custom", python_model=Greeter(), registered_model_name=CUSTOM,
                                     signature=infer_signature(example, Greeter().predict(None, example)),
                                     pip_requirements=["mlflow"]),  # given: inferring them takes seconds
+            mlflow.pyfunc.log_model(name="totals", python_model=Totals(), registered_model_name=TOTALS,
+                                    pip_requirements=["mlflow"]),
         ]
-    for name, info in zip((SKLEARN, CUSTOM), logged, strict=True):
+    for name, info in zip((SKLEARN, CUSTOM, TOTALS), logged, strict=True):
         MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
 
 
@@ -592,3 +600,25 @@ def test_models_fabric_did_not_train_are_in_the_inference_log(server):
     assert logged["inputs"].tolist() == [{"word": "ada", "x": 1.5}, {"word": "bo", "x": -2.0}]
     assert logged["outputs"].tolist() == [{"greeting": "hello ada", "double": 3.0}, {"greeting": "hello bo",
                                                                                       "double": -4.0}]
+
+
+def test_a_dict_output_is_answered_as_mlflow_answers_it(server):
+    import json
+
+    from mlflow.pyfunc import scoring_server
+
+    model = server["foreign"][TOTALS]
+    body = json.dumps({"dataframe_records": [{"a": 1, "b": 2.5}, {"a": -3, "b": 0.5}]})
+    headers = {"Authorization": f"Bearer {PREDICT_KEY}", "Content-Type": "application/json", "x-request-id": "totals-1"}
+    ours = requests.post(f"{server['url']}/models/{TOTALS}/invocations", data=body, headers=headers, timeout=60)
+    theirs = scoring_server.invocations(body, "application/json", model, model.metadata.get_input_schema())
+    assert ours.status_code == theirs.status == 200, ours.text
+    assert ours.json() == json.loads(theirs.response) == {"predictions": {"total": [3.5, -2.5], "rows": 2}}
+    triton, client = _triton(server)
+    auth = {"Authorization": f"Bearer {PREDICT_KEY}"}
+    # no signature: one generic output in the metadata, named as /infer names an array's
+    assert client.get_model_metadata(TOTALS, headers=auth)["outputs"] == [
+        {"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
+    logged = _logged(server, TOTALS, ["totals-1"])  # features: the request's own columns; per-row outputs only
+    assert logged["inputs"].tolist() == [{"a": 1, "b": 2.5}, {"a": -3, "b": 0.5}]
+    assert logged["outputs"].tolist() == [{"total": 3.5}, {"total": -2.5}]

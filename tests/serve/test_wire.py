@@ -153,3 +153,37 @@ def test_v2_metadata_of_any_mlflow_model_lists_the_outputs_infer_returns():
     unsigned = SimpleNamespace(get_input_schema=lambda: None, get_output_schema=lambda: None, flavors={})
     assert v2_metadata("m", ["1"], describe(SimpleNamespace(metadata=unsigned)))["outputs"] == [
         {"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
+
+
+def test_invocations_answer_any_model_output_as_mlflows_scoring_server():
+    """What /invocations answers (split per request when merged) is what MLflow's predictions_to_json writes."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    from fabric.serve.model_server import _pyfunc_batch
+    from fabric.serve.protocols import mlflow_response
+    from fabric.serve.pyfunc_io import columns_of
+
+    def mlflow_answer(raw):
+        out = io.StringIO()
+        predictions_to_json(raw, out)
+        return json.loads(out.getvalue())
+
+    outputs = {
+        "frame": lambda d: pd.DataFrame({"label": d["x"] > 0, "score": d["x"] * 2}),
+        "series": lambda d: d["x"] * 2,
+        "unnamed series": lambda d: pd.Series(d["x"].to_numpy() * 2),
+        "array": lambda d: (d["x"] * 2).to_numpy(),
+        "2-D array": lambda d: np.column_stack([d["x"], d["x"] * 2]),
+        "list": lambda d: [f"row {x}" for x in d["x"]],
+        "dict": lambda d: {"total": (d["x"] * 2).tolist(), "n": len(d), "name": "sum"},
+        "dict of rows": lambda d: {"double": d["x"].to_numpy() * 2},
+    }
+    inputs = [pd.DataFrame({"x": [1.0, -2.0]}), pd.DataFrame({"x": [3.5]})]
+    for kind, predict in outputs.items():
+        pyfunc, meta = SimpleNamespace(predict=predict), {}
+        for _ in range(2):  # the second time, a model that did not split is not merged again
+            answers = _pyfunc_batch(meta, pyfunc, inputs)
+            assert [mlflow_response(a) for a in answers] == [mlflow_answer(predict(d)) for d in inputs], kind
+        assert mlflow_response(columns_of(predict(inputs[0]))) == mlflow_answer(predict(inputs[0])), kind
