@@ -34,7 +34,7 @@ from fabric.serve.protocols import (
 from fabric.serve.pyfunc_io import KIND, loggable
 from fabric.serve.rollout import Rollout, RolloutRequest
 from fabric.serve.traffic import Traffic
-from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2
+from fabric.serve.wire import decode_mlflow, decode_v2, encode_v2, mlflow_content_type
 
 __all__ = ["GATEWAY_MAX_ONGOING", "Gateway", "api"]
 
@@ -313,17 +313,16 @@ class Gateway:
 
     @api.post("/invocations")
     async def invocations(self, request: Request) -> JSONResponse:
-        async def work(request_id: str) -> Any:
-            used, columns = await self._predict(request, self.default,
-                                                lambda body, meta: decode_mlflow(body, meta, request), None,
-                                                request_id, "invocations")
-            return used, mlflow_response(columns)
-
-        return await self._serve(request, "invocations", self.default, work)
+        return await self._invocations(request, self.default)
 
     @api.post("/models/{name}/invocations")
     async def model_invocations(self, name: str, request: Request) -> JSONResponse:
+        return await self._invocations(request, name)
+
+    async def _invocations(self, request: Request, name: str) -> JSONResponse:
         async def work(request_id: str) -> Any:
+            self._authorize(request, "predict")
+            mlflow_content_type(request.headers.get("content-type"))  # 415 before a version parses (and counts) it
             used, columns = await self._predict(request, name, lambda body, meta: decode_mlflow(body, meta, request),
                                                 None, request_id, "invocations")
             return used, mlflow_response(columns)

@@ -523,6 +523,13 @@ def test_invocations_take_every_input_format_of_mlflow_models_serve(server):
         theirs = requests.post(f"{server['url']}/models/{SKLEARN}/invocations", data=body, headers=headers, timeout=60)
         assert theirs.status_code == mlflow_answer.status == 200, (fmt, theirs.text)
         assert theirs.json() == json.loads(mlflow_answer.response), fmt
+    body, _ = _mlflow_bodies(rows)["dataframe_split"]
+    refused = scoring_server.invocations(body, "text/plain", foreign, foreign.metadata.get_input_schema())
+    for path in ("/invocations", f"/models/{SKLEARN}/invocations"):  # a type mlflow refuses: its 415 and message
+        ours = requests.post(server["url"] + path, data=body, timeout=60, headers={
+            "Authorization": f"Bearer {PREDICT_KEY}", "Content-Type": "text/plain"})
+        assert (ours.status_code, ours.json()["error"]) == (refused.status, refused.response) == (415, refused.response)
+        assert ours.headers["x-request-id"]
 
 
 def test_any_registered_mlflow_model_is_served_by_alias_with_its_signature(server):

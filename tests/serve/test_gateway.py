@@ -388,3 +388,14 @@ def test_a_model_served_through_its_pyfunc_is_in_the_inference_log(tmp_path):
     assert unsigned["inputs"].tolist() == rows  # no signature: the request's own columns
     assert signed["outputs"].iloc[1] == {"greeting": "hello bo", "scores_0": 1.0, "scores_1": 1.0}
     assert set(signed["request_id"]) == {"signed"} and set(signed["endpoint"]) == {"invocations"}
+
+
+def test_an_unknown_content_type_is_a_415_and_never_counts_against_a_canary(audit):
+    g = gateway()
+    started = run(g.start_rollout("m", request({"strategy": "canary", "version": "4", "percent": 100},
+                                               key=ADMIN)))
+    assert started.status_code == 200, started.body
+    status, body = answer(run(g.model_invocations("m", request(records(a=1.0, b=2.0), content_type="text/plain"))))
+    assert status == 415 and "Got 'text/plain'" in body["error"]
+    assert g.model.calls == [] and g.rollouts["m"].windows["4"].summary()["requests"] == 0
+    assert g.requests.seen[-1]["status"] == "415"

@@ -187,3 +187,16 @@ def test_invocations_answer_any_model_output_as_mlflows_scoring_server():
             answers = _pyfunc_batch(meta, pyfunc, inputs)
             assert [mlflow_response(a) for a in answers] == [mlflow_answer(predict(d)) for d in inputs], kind
         assert mlflow_response(columns_of(predict(inputs[0]))) == mlflow_answer(predict(inputs[0])), kind
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/json; format=pandas-split",
+                                          "text/csv; charset=latin-1"])
+def test_a_content_type_mlflow_refuses_is_a_415_with_its_message(content_type):
+    from mlflow.pyfunc import scoring_server
+
+    theirs = scoring_server.invocations(b'{"inputs": [[1, 2]]}', content_type, None, None)
+    for meta in (FABRIC, {"task": "pyfunc", "features": None, "schema": None}):
+        with pytest.raises(RequestError) as caught:
+            decode_mlflow(b'{"inputs": [[1, 2]]}', meta, _request(content_type=content_type))
+        assert (caught.value.status, str(caught.value)) == (theirs.status, theirs.response) == (415, theirs.response)
+    assert decode_mlflow(b'{"inputs": [[1, 2]]}', FABRIC, _request()).tolist() == [[1.0, 2.0]]  # no header: JSON
