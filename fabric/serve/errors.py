@@ -6,6 +6,7 @@ act on, never a bare 500.
   that says so.
 * A model replica gone or overloaded (Ray's actor errors, back pressure): 503.
 * Anything else: 500 with the exception's type and the request id to look for in the server log.
+* A route or method the gateway does not have (:func:`unrouted`): Starlette's 404, or 405 with ``Allow``.
 
 Example::
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from fabric.serve.protocols import RequestError
 
-__all__ = ["classify", "load_error", "registry_unavailable", "version_exists"]
+__all__ = ["classify", "load_error", "registry_unavailable", "unrouted", "version_exists"]
 
 
 def registry_unavailable(tracking_uri: str, exc: BaseException) -> RequestError:
@@ -57,6 +58,21 @@ def version_exists(tracking_uri: str, name: str, version: str) -> bool:
             return False
         raise
     return True
+
+
+def unrouted(status: int, method: str, path: str, headers: dict[str, str] | None = None) -> RequestError:
+    """Starlette's answer to a route the gateway lacks (404) or a method a route lacks (405, ``Allow`` kept), as a
+    :class:`RequestError` the gateway answers in its JSON shape; another V2 route (a model's config, repository
+    or shared-memory calls) says which V2 routes are served, in V2's error shape, which V2 clients decode."""
+    if status == 405:
+        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow") or "another method"
+        return RequestError(f"{method} is not allowed on {path}; use {allowed}", 405, headers)
+    if status == 404 and "/v2/" in path:
+        return RequestError(f"{method} {path} is not supported by this server (it serves the V2 health, metadata "
+                            "and infer routes)", 404, headers)
+    if status == 404:
+        return RequestError(f"{method} {path}: no such route on this server", 404, headers)
+    return RequestError(f"{method} {path}: HTTP {status}", status, headers)
 
 
 def classify(exc: BaseException, tracking_uri: str, request_id: str) -> tuple[int, str]:

@@ -5,6 +5,7 @@ monitor's admin routes. It calls the :mod:`~fabric.serve.model_server` deploymen
 """
 
 import asyncio
+import importlib
 import logging
 import os
 import time
@@ -16,10 +17,11 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fabric.config import ConfigError
 from fabric.serve.access import authorize, read_body, read_json
-from fabric.serve.errors import classify, load_error, version_exists
+from fabric.serve.errors import classify, load_error, unrouted, version_exists
 from fabric.serve.inference_log import default_root
 from fabric.serve.keys import Keyring
 from fabric.serve.model_server import InProcess
@@ -42,10 +44,27 @@ log = logging.getLogger("ray.serve")
 INFO_TTL_S = 2.0
 RETRIES = 3  # model calls retried when their replica died
 GATEWAY_MAX_ONGOING = 256
+REPLICA: dict[str, Any] = {}  # the gateway of this replica's process, for requests no route takes
 
 
 api = FastAPI(title="fabric model serving", description="KServe V2 and MLflow scoring endpoints for registered "
               "models. Send `Authorization: Bearer KEY`.")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def unrouted_request(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A route or method the gateway lacks (Starlette's 404 and 405, raised before any gateway method runs):
+    answered by this replica's gateway like any failure, in the JSON error shape with an x-request-id, counted.
+    Registered before ``@serve.ingress(api)``, which freezes a copy of the app."""
+    error = unrouted(exc.status_code, request.method, request.url.path, exc.headers)
+    gateway = REPLICA.get("gateway")
+    if gateway is None:  # pragma: no cover - a gateway is built before it takes requests
+        return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
+
+    async def work(_: str) -> Any:
+        raise error
+
+    return await gateway._serve(request, "unrouted", "-", work)
 
 
 @serve.deployment
@@ -89,6 +108,8 @@ class Gateway:
             from fabric.serve.monitoring import RequestTally
 
             self.tally = RequestTally(monitor)
+        # The module's own dict: Serve's ingress pickles this class by value, with copies of the globals it uses.
+        importlib.import_module(__name__).REPLICA["gateway"] = self
         self.inference_log = None
         if inference_log and inference_log.get("enabled"):
             from fabric.serve.inference_log import InferenceLog
@@ -176,7 +197,8 @@ class Gateway:
                 log.exception("fabric: request %s to %s failed", request_id, endpoint)
             elif status >= 500:
                 log.warning("fabric: request %s to %s: %s", request_id, endpoint, message)
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            headers = exc.headers if isinstance(exc, RequestError) else None  # Allow of a 405
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else headers
             response = JSONResponse({"error": message}, status_code=status, headers=headers)
         response.headers["x-request-id"] = request_id
         if self.tally is not None and endpoint in ("v2_infer", "invocations"):
@@ -470,11 +492,3 @@ class Gateway:
             return live, {"model": name, "alias": self.aliases[name], "version": live}
 
         return await self._serve(request, "reload", name, work)
-
-    # Last, so that every route above matches first.
-    @api.api_route("/v2/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
-    async def v2_unknown(self, path: str, request: Request) -> JSONResponse:
-        """Any other V2 route (a model's config, repository or shared-memory calls): V2's error shape, which V2
-        clients decode, instead of FastAPI's ``{"detail": ...}``."""
-        return JSONResponse({"error": f"{request.method} /v2/{path} is not supported by this server (it serves "
-                                      "the V2 health, metadata and infer routes)"}, status_code=404)

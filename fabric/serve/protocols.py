@@ -26,11 +26,12 @@ V2_TYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT
 
 
 class RequestError(ValueError):
-    """A request the server refuses; ``status`` is the HTTP status (400, 413, 422...)."""
+    """A request the server refuses; ``status`` is the HTTP status (400, 413, 422...), ``headers`` any the answer
+    needs (``Allow`` of a 405)."""
 
-    def __init__(self, message: str, status: int = 422):
+    def __init__(self, message: str, status: int = 422, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def datatype_of(dtype: Any) -> str:

@@ -411,15 +411,24 @@ def test_prometheus_metrics_count_requests_errors_latency_and_batches(server):
     body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
     assert _post(server, f"/models/{MODEL}/invocations", body).status_code == 200
     assert _post(server, f"/models/{MODEL}/invocations", body, key="wrong-key").status_code == 401
+    # routes and methods the gateway lacks: answered in its JSON shape, with a request id, and counted too
+    nowhere = requests.get(server["url"] + "/nowhere", timeout=30)
+    wrong_method = requests.get(server["url"] + "/invocations", timeout=30)
+    assert nowhere.status_code == 404 and "no such route" in nowhere.json()["error"] and nowhere.headers["x-request-id"]
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "POST" in wrong_method.json()["error"] and wrong_method.headers["x-request-id"]
     wanted = ("ray_fabric_requests_total", "ray_fabric_request_latency_ms_bucket", "ray_fabric_batch_size_bucket")
-    deadline, lines = time.monotonic() + 60, []
+    deadline, lines, unrouted = time.monotonic() + 60, [], []
     while time.monotonic() < deadline:
         text = requests.get(metrics_url(), timeout=10).text
         lines = [line for line in text.splitlines() if line.startswith(wanted) and f'model="{MODEL}"' in line]
+        unrouted = [line for line in text.splitlines() if line.startswith("ray_fabric_requests_total")
+                    and 'endpoint="unrouted"' in line]
         if all(any(line.startswith(name) for line in lines) for name in wanted) and any(
-                'status="401"' in line for line in lines):
+                'status="401"' in line for line in lines) and len(unrouted) >= 2:
             break
         time.sleep(1)
+    assert {s for s in ("404", "405") if any(f'status="{s}"' in line for line in unrouted)} == {"404", "405"}, unrouted
     requests_total = [line for line in lines if line.startswith("ray_fabric_requests_total")]
     assert any('status="200"' in line and 'endpoint="invocations"' in line for line in requests_total), lines
     assert any('status="401"' in line for line in requests_total), lines

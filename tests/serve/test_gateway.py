@@ -399,3 +399,31 @@ def test_an_unknown_content_type_is_a_415_and_never_counts_against_a_canary(audi
     assert status == 415 and "Got 'text/plain'" in body["error"]
     assert g.model.calls == [] and g.rollouts["m"].windows["4"].summary()["requests"] == 0
     assert g.requests.seen[-1]["status"] == "415"
+
+
+def test_a_route_or_method_the_gateway_lacks_is_answered_in_its_json_shape_and_counted():
+    from starlette.exceptions import HTTPException
+
+    from fabric.serve.gateway import Gateway, unrouted_request
+
+    # where Starlette sends its 404s and 405s, in the copy of the app that @serve.ingress froze and Serve runs
+    init = Gateway.func_or_class.__init__
+    cells = dict(zip(init.__code__.co_freevars, init.__closure__, strict=True))
+    frozen = cells["frozen_app_or_func"].cell_contents
+    assert frozen.exception_handlers[HTTPException] is unrouted_request
+    g = gateway()
+
+    def ask(method: str, path: str, status: int, headers: dict | None = None) -> Any:
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+                 "headers": [(b"host", b"gw"), (b"x-request-id", b"lost-1")]}
+        return run(unrouted_request(Request(scope), HTTPException(status, headers=headers)))
+
+    cases = [("GET", "/invocations", 405, {"Allow": "POST"}), ("POST", "/nowhere", 404, None),
+             ("GET", "/v2/models/m/config", 404, None)]
+    for method, path, status, headers in cases:
+        response = ask(method, path, status, headers)
+        code, body = answer(response)
+        assert code == status and body["error"] and response.headers["x-request-id"] == "lost-1", (path, body)
+    assert ask("GET", "/invocations", 405, {"Allow": "POST"}).headers["allow"] == "POST"
+    assert "not supported" in answer(ask("GET", "/v2/models/m/config", 404))[1]["error"]  # V2's shape
+    assert [t["status"] for t in g.requests.seen if t["endpoint"] == "unrouted"] == ["405", "404", "404", "405", "404"]
