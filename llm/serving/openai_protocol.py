@@ -54,6 +54,9 @@ class _Request(BaseModel):
     logprobs: Any = None
     response_format: dict[str, Any] | None = None  # enforced by llm.serving.structured (text completions too)
 
+    def said(self) -> tuple[str, str]:
+        raise NotImplementedError
+
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return [s for s in stops if s]
@@ -61,6 +64,11 @@ class _Request(BaseModel):
     def unsupported(self) -> None:
         if self.n != 1:
             raise ApiError("n: only n=1 is supported; send several requests instead", param="n")
+        if (self.response_format or {}).get("type") == "json_object":  # OpenAI's rule, its message: ask for JSON
+            field, said = self.said()
+            if "json" not in said.lower():
+                raise ApiError(f"'{field}' must contain the word 'json' in some form, to use 'response_format' of "
+                               "type 'json_object'.", param=field)
         if self.logprobs not in (None, False):
             raise ApiError("logprobs: not supported by this server", param="logprobs")
         if len(self.stops()) > 4:
@@ -92,6 +100,10 @@ class ChatCompletionRequest(_Request):
     def turns(self) -> list[dict[str, str]]:
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
+    def said(self) -> tuple[str, str]:
+        """The field the request's text is in and that text (the word JSON is looked for there)."""
+        return "messages", "\n".join(m.text() for m in self.messages)
+
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
@@ -110,6 +122,9 @@ class CompletionRequest(_Request):
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def said(self) -> tuple[str, str]:
+        return "prompt", self.prompt if isinstance(self.prompt, str) else "\n".join(map(str, self.prompt))
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens

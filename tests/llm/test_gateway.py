@@ -73,7 +73,7 @@ def gateway(call: Call, tokenizer, **limits):
 def ask(gw, cls=ChatCompletionRequest, **fields):
     body = {"model": LLMModel().id, **fields}
     if cls is ChatCompletionRequest:
-        body["messages"] = [{"role": "user", "content": "hi"}]
+        body.setdefault("messages", [{"role": "user", "content": "hi"}])
     return asyncio.run(gw._answer(Request(body), cls))
 
 
@@ -81,7 +81,9 @@ def test_response_format_reaches_the_engine_as_a_grammar_or_is_refused(smollm2_t
     from llm.serving.openai_protocol import CompletionRequest
 
     gw = gateway(Call({"text": "{}", "finish_reason": "stop", "completion_tokens": 2}), smollm2_tokenizer)
-    assert ask(gw, response_format={"type": "json_object"}).status_code == 200 and gw.engine.job.grammar
+    in_json = [{"role": "user", "content": "hi, in JSON"}]  # json_object needs the word, as OpenAI's API does
+    assert ask(gw, messages=in_json, response_format={"type": "json_object"}).status_code == 200
+    assert gw.engine.job.grammar
     assert ask(gw, CompletionRequest, prompt="JSON:", response_format={"type": "json_object"}).status_code == 200
     assert gw.engine.job.grammar  # text completions honour it too
     assert ask(gw, response_format={"type": "text"}).status_code == 200 and gw.engine.job.grammar is None

@@ -256,7 +256,8 @@ def test_response_format_json_schema_and_json_object_are_enforced(client):
                                                 "name": "person", "schema": PERSON, "strict": True}})
     assert answer.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(answer.choices[0].message.content), PERSON)
-    anything = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=48, temperature=0,
+    in_json = [{"role": "system", "content": "Answer in JSON."}, *ask]  # json_object needs the word, as OpenAI's does
+    anything = client.chat.completions.create(model=MODEL, messages=in_json, max_tokens=48, temperature=0,
                                               response_format={"type": "json_object"})
     assert isinstance(json.loads(anything.choices[0].message.content), dict)
     with pytest.raises(openai.BadRequestError) as err:

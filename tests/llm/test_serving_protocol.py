@@ -125,3 +125,20 @@ def test_llm_serve_configs_validate_limits_and_lora_paths():
         LLMServeConfig.from_dict({"engine": "vllm", "vllm": {"lora_path": "/local/adapters"}})
     with pytest.raises(ConfigError, match="model.id"):
         LLMServeConfig.from_dict({"model": {"id": "has:colon"}})
+
+
+def test_json_mode_needs_the_word_json_in_the_request_as_openai_does():
+    json_mode = {"response_format": {"type": "json_object"}}
+    with pytest.raises(ApiError) as err:
+        parse_request(chat(**json_mode), ChatCompletionRequest)
+    assert (err.value.status, err.value.param, err.value.message) == (
+        400, "messages", "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                         "'json_object'.")
+    with pytest.raises(ApiError) as err:
+        parse_request(json.dumps({"model": "m", "prompt": "Name a city:", **json_mode}).encode(), CompletionRequest)
+    assert err.value.status == 400 and err.value.param == "prompt"
+    asked = [{"role": "system", "content": [{"type": "text", "text": "Answer in Json."}]},
+             {"role": "user", "content": "hi"}]
+    assert parse_request(json.dumps({"model": "m", "messages": asked, **json_mode}).encode(), ChatCompletionRequest)
+    assert parse_request(json.dumps({"model": "m", "prompt": "JSON:", **json_mode}).encode(), CompletionRequest)
+    assert parse_request(chat(response_format={"type": "json_schema"}), ChatCompletionRequest)  # only json_object
