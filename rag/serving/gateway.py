@@ -162,6 +162,8 @@ class RagGateway:
                 result = await self._answer(question, rid, "rag_query")
             finally:
                 slot.release()
+            for internal in ("_usage", "_finish"):  # the chat route's; not part of this answer
+                result.pop(internal, None)
         except ApiError as exc:
             return self._error(exc, rid, openai=False, route="rag_query")
         except Exception as exc:
