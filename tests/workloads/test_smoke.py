@@ -38,19 +38,30 @@ def test_python_api_trains_scores_and_logs(api_result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "command",
-    [
-        [sys.executable, "-m", "workloads.smoke", "--config", "configs/smoke.yaml", *TINY],
-        [sys.executable, "-m", "fabric", "run", "smoke", "--config", "configs/smoke.yaml", *TINY],
-    ],
-    ids=["python-m", "fabric-run"],
-)
-def test_cli_paths_give_the_api_result(command, cli_env, api_result):
+def test_python_m_in_a_new_process_gives_the_api_result(cli_env, api_result):
+    """A fresh process that starts its own Ray, as a user types it."""
+    command = [sys.executable, "-m", "workloads.smoke", "--config", "configs/smoke.yaml", *TINY]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = last_json(out.stdout, "test_accuracy")
     assert {k: result[k] for k in METRICS} == {k: api_result[k] for k in METRICS}
+
+
+@pytest.mark.slow
+def test_fabric_run_gives_the_api_result(api_result, monkeypatch):
+    """`fabric run` in this process, on the session's Ray: the command's own code (workload lookup, config and
+    overrides, the JSON line) without a second Ray start-up, which the `python -m` test above and
+    tests/test_mlflow_server.py (`fabric run train_tabular` in a new process) already pay for."""
+    from typer.testing import CliRunner
+
+    from fabric.cli import app
+
+    monkeypatch.chdir(ROOT)
+    out = CliRunner().invoke(app, ["run", "smoke", "--config", "configs/smoke.yaml", *TINY])
+    assert out.exit_code == 0, out.output[-3000:]
+    result = last_json(out.stdout, "test_accuracy")
+    assert {k: result[k] for k in METRICS} == {k: api_result[k] for k in METRICS}
+    assert result["mlflow_run_id"] != api_result["mlflow_run_id"]  # it did train again
 
 
 @pytest.fixture(scope="module")
