@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import model_validator
@@ -62,7 +63,8 @@ class IngestSettings(FabricConfig):
                               "and offsets stay exactly the document's).")
     hybrid: bool = Field(True, description="Also store keyword (sparse, IDF) vectors, so retrievers fuse dense "
                          "and keyword rankings (page hit@5 0.95 vs 0.90 dense-only on rag/data's questions).")
-    actors: int = Field(2, ge=1, description="Embedding actors of the Ray Data pool (each loads the model once).")
+    actors: int = Field(2, ge=0, description="Embedding actors of the Ray Data pool (each loads the model once); "
+                        "0 embeds in this process instead (small corpora and tests: no actor start-up).")
     actor_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor (its torch threads).")
     batch_size: int = Field(32, ge=1, description="Chunks per embedding call.")
     keep_collections: int = Field(2, ge=1, description="Collections of the alias kept after publishing: the live "
@@ -92,8 +94,8 @@ def ingest(settings: IngestSettings, runtime: RuntimeConfig | None = None, store
            data_store: Any = None) -> dict[str, Any]:
     """Builds and publishes the collection of ``settings.uri`` at its current commit (see the module docstring).
 
-    Needs Ray up (``fabric run`` starts it). Returns uri (pinned to the commit), commit, collection, alias,
-    documents, chunks, embedded (this run), dropped, skipped and seconds.
+    Needs Ray up (``fabric run`` starts it) unless ``settings.actors`` is 0. Returns uri (pinned to the commit),
+    commit, collection, alias, documents, chunks, embedded (this run), dropped, skipped and seconds.
     """
     from fabric import data
 
@@ -152,9 +154,8 @@ def _select(docs: Any, settings: IngestSettings) -> Any:
 
 
 def _fill(client: Any, info: CollectionInfo, chunks: Any, settings: IngestSettings, started: float) -> int:
-    """Embeds the chunks the collection lacks on the actor pool and upserts them as they arrive; returns how many."""
+    """Embeds the chunks the collection lacks and upserts them as they arrive; returns how many."""
     import numpy as np
-    import ray.data
 
     have = _point_ids(client, info.name)
     todo = chunks[[point_id(info.commit, c) not in have for c in chunks["chunk_id"]]]
@@ -162,17 +163,9 @@ def _fill(client: Any, info: CollectionInfo, chunks: Any, settings: IngestSettin
         print(f"[ingest_docs] resuming {info.name}: {len(have)} chunks already in, {len(todo)} to embed", flush=True)
     if todo.empty:
         return 0
-    size = max(settings.batch_size, math.ceil(len(todo) / 200))  # blocks of whole batches, for the whole pool
-    blocks = [todo.iloc[i:i + size][["chunk_id", "title", "text"]] for i in range(0, len(todo), size)]
-    embedded = ray.data.from_pandas(blocks).map_batches(
-        EmbedChunks, fn_constructor_kwargs={"source": settings.embedder, "dtype": settings.dtype,
-                                            "embed_title": settings.embed_title, "cpus": settings.actor_cpus},
-        compute=ray.data.ActorPoolStrategy(size=settings.actors), batch_size=settings.batch_size,
-        batch_format="pandas", num_cpus=settings.actor_cpus,
-    )
     rows = todo.set_index("chunk_id", drop=False)
     done, step = 0, max(len(todo) // 10, 1)
-    for batch in embedded.iter_batches(batch_size=settings.batch_size, batch_format="pandas"):
+    for batch in _embedded(todo[["chunk_id", "title", "text"]], settings):
         vectors = np.stack([np.asarray(v, dtype=np.float32) for v in batch["vector"]])
         client.upsert(info.name, points(rows.loc[batch["chunk_id"].tolist()], vectors, info.commit, info.uri,
                                         info.hybrid), wait=True)
@@ -181,6 +174,25 @@ def _fill(client: Any, info: CollectionInfo, chunks: Any, settings: IngestSettin
                   f"({time.monotonic() - started:.1f} s)", flush=True)
         done += len(batch)
     return done
+
+
+def _embedded(todo: Any, settings: IngestSettings) -> Iterator[Any]:
+    """Batches of (chunk_id, vector): from a Ray Data actor pool, or from this process when ``actors`` is 0."""
+    if settings.actors == 0:
+        embed = EmbedChunks(settings.embedder, settings.dtype, settings.embed_title, cpus=0)
+        for i in range(0, len(todo), settings.batch_size):
+            yield embed(todo.iloc[i:i + settings.batch_size])
+        return
+    import ray.data
+
+    size = max(settings.batch_size, math.ceil(len(todo) / 200))  # blocks of whole batches, for the whole pool
+    blocks = [todo.iloc[i:i + size] for i in range(0, len(todo), size)]
+    yield from ray.data.from_pandas(blocks).map_batches(
+        EmbedChunks, fn_constructor_kwargs={"source": settings.embedder, "dtype": settings.dtype,
+                                            "embed_title": settings.embed_title, "cpus": settings.actor_cpus},
+        compute=ray.data.ActorPoolStrategy(size=settings.actors), batch_size=settings.batch_size,
+        batch_format="pandas", num_cpus=settings.actor_cpus,
+    ).iter_batches(batch_size=settings.batch_size, batch_format="pandas")
 
 
 def _point_ids(client: Any, name: str) -> set[str]:
@@ -196,9 +208,10 @@ class EmbedChunks:
     """One Ray Data actor: loads the embedding model once, then embeds batches of chunks (title + text)."""
 
     def __init__(self, source: str, dtype: str, embed_title: bool, cpus: float = 1.0):
-        import torch
+        if cpus:  # an actor's torch uses as many threads as it has CPUs (0: leave this process's setting)
+            import torch
 
-        torch.set_num_threads(max(1, math.floor(cpus)))
+            torch.set_num_threads(max(1, math.floor(cpus)))
         self.model = embedder(source, dtype)
         self.embed_title = embed_title
 

@@ -17,7 +17,6 @@ import pytest
 from rag.corpus import load_documents, python_docs
 from rag.index import LocalStore, Retriever
 from rag.ingest import IngestSettings, ingest
-from tests.helpers import last_json
 
 ROOT = Path(__file__).resolve().parents[2]
 URI = "lakefs://ingest-test/main/python/pages.parquet"
@@ -95,11 +94,12 @@ def test_a_new_commit_moves_the_alias_while_queries_see_old_or_new_never_a_mix(f
                 seen.append({hit.commit for hits in batch for hit in hits})
             except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
                 errors.append(exc)
+            stop.wait(0.1)  # leave the CPUs to the ingestion between queries
 
     thread = threading.Thread(target=query, daemon=True)
     thread.start()
     new_commit = commit_version("The pass statement is sometimes called the platypus statement.")
-    second = ingest(settings())
+    second = ingest(settings(actors=0))  # embedded in this process: the same collection, no actor start-up
     time.sleep(1.0)
     while not (seen and seen[-1] == {new_commit}) and thread.is_alive() and not errors:
         time.sleep(0.2)
@@ -110,6 +110,7 @@ def test_a_new_commit_moves_the_alias_while_queries_see_old_or_new_never_a_mix(f
     assert {c for commits in seen for c in commits} <= {first["commit"], new_commit}
     assert seen[0] == {first["commit"]} and seen[-1] == {new_commit}
     assert second["commit"] == new_commit and second["collection"] != first["collection"]
+    assert second["chunks"] == second["embedded"] == first["chunks"]
     assert store().live(ALIAS) == second["collection"]
     assert store().pointer(ALIAS)["history"] == [second["collection"], first["collection"]]  # kept for rollback
     hit = Retriever(ALIAS).search("platypus statement", top_k=1)[0]
@@ -118,8 +119,13 @@ def test_a_new_commit_moves_the_alias_while_queries_see_old_or_new_never_a_mix(f
 
 @pytest.mark.slow
 def test_an_ingestion_killed_midway_leaves_the_alias_and_the_next_run_finishes_it(first, cli_env):
-    """Through the CLI: killed (SIGKILL, the whole process group) after its first progress line; then the Python
-    API finds the unfinished collection, embeds only what it lacks, and publishes it."""
+    """Through the CLI: killed (SIGKILL, the whole process group) after its first progress line; then the
+    workload's Python API finds the unfinished collection, embeds only what it lacks, publishes it and logs the
+    build to MLflow."""
+    import mlflow
+
+    from fabric.workload import load_workload
+
     live = store().live(ALIAS)
     commit_version("A third version.")
     pages = ["compound", "with"]  # about 85 chunks, upserted 4 at a time: the kill lands well before the end
@@ -142,18 +148,19 @@ def test_an_ingestion_killed_midway_leaves_the_alias_and_the_next_run_finishes_i
     assert store().live(ALIAS) == live  # the alias did not move
     assert Retriever(ALIAS).search(QUESTION, top_k=1)[0].commit != data_commit()
 
-    finished = ingest(settings(doc_ids=pages, batch_size=16))
+    workload = load_workload("ingest_docs")  # the Python API of the workload: it also logs the build to MLflow
+    finished = workload.run(workload.load_config(ROOT / "configs" / "rag" / "python_docs.yaml", [
+        f"uri={URI}", f"alias={ALIAS}", f"doc_ids=[{','.join(pages)}]", "actors=0"]))
     assert finished["commit"] == data_commit() and 0 < finished["embedded"] < finished["chunks"]
+    run = mlflow.get_run(finished["mlflow_run_id"])
+    assert run.data.tags["fabric.data.commit"] == finished["commit"]
+    assert run.data.tags["fabric.rag.collection"] == finished["collection"]
+    assert run.data.metrics["chunks"] == finished["chunks"] and run.data.params["chunk_tokens"] == "200"
     assert store().live(ALIAS) == finished["collection"]
     retriever = Retriever(ALIAS)
     assert retriever.info.points == finished["chunks"] and retriever.search(QUESTION, top_k=1)[0].doc_id in pages
     assert finished["dropped"]  # only the live collection and the one before it are kept
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "fabric", "run", "ingest_docs", "--config", "configs/rag/python_docs.yaml",
-         *overrides], cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert last_json(rerun.stdout, "skipped")["skipped"] is True
 
 
 def data_commit() -> str:
