@@ -162,7 +162,6 @@ def test_an_ingestion_killed_midway_leaves_the_alias_and_the_next_run_finishes_i
     assert finished["dropped"]  # only the live collection and the one before it are kept
 
 
-
 def data_commit() -> str:
     from fabric import data
 
