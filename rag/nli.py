@@ -24,13 +24,14 @@ import json
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rag.groundedness import Groundedness, SentenceSupport, aggregate, is_claim, split_sentences
 
 __all__ = ["BEATS_LEXICAL_TAG", "CALIBRATION_FILE", "MODEL_NAME", "CrossEncoder", "NLIScorer", "NoChampionError",
-           "champion_version", "clear_cache", "is_default", "load_champion", "pair_text", "pyfunc_model"]
+           "Pair", "champion_version", "clear_cache", "is_default", "load_champion", "pair_text", "pyfunc_model"]
 
 MODEL_NAME = "rag-groundedness-nli"
 BEATS_LEXICAL_TAG = "fabric.groundedness.beats_lexical"  # "true" / "false" on each registered version
@@ -43,20 +44,34 @@ class NoChampionError(RuntimeError):
     """The registry holds no ``champion`` of the nli scorer (or cannot be reached)."""
 
 
-def pair_text(claim: str, contexts: list[str]) -> tuple[str, int, tuple[int, int]] | None:
-    """What the cross-encoder reads beside ``claim``: its best window of context sentences (text, context index,
-    span), or None when no context shares a content word with it."""
-    from rag.lexical import best_window
+@dataclass(frozen=True)
+class Pair:
+    """What the scorer compares a claim with: its best window of context sentences (text, context index, span)
+    and lexical's raw score of the claim against that window (an input of a stacked calibration)."""
+
+    window: str
+    context: int
+    span: tuple[int, int]
+    lexical: float
+
+
+def pair_text(claim: str, contexts: list[str]) -> Pair | None:
+    """The :class:`Pair` of ``claim`` in ``contexts``, or None when no context shares a content word with it."""
+    from rag.lexical import best_window, raw_score
 
     window = best_window(claim, contexts)
     if window is None:
         return None
-    return window.text(contexts), window.context, window.span
+    return Pair(window.text(contexts), window.context, window.span, raw_score(window.features))
 
 
 class CrossEncoder:
-    """A trained cross-encoder folder: the Hugging Face model and tokenizer plus ``calibration.json``
-    (``slope``, ``intercept`` of the logistic calibration, ``max_length``)."""
+    """A trained cross-encoder folder: the Hugging Face model and tokenizer plus ``calibration.json``.
+
+    The calibration maps a pair to support in [0, 1]: ``sigmoid(slope * logit + lexical_slope * lexical +
+    intercept)``, fitted by logistic regression on training pages' pairs. ``lexical_slope`` is 0 for the plain
+    cross-encoder; a stacked calibration also weighs lexical's raw score of the same window.
+    """
 
     def __init__(self, folder: str | Path, dtype: str = "bfloat16", threads: int | None = None):
         import torch
@@ -65,6 +80,7 @@ class CrossEncoder:
         self.folder = Path(folder)
         settings = json.loads((self.folder / CALIBRATION_FILE).read_text())
         self.slope, self.intercept = float(settings["slope"]), float(settings["intercept"])
+        self.lexical_slope = float(settings.get("lexical_slope", 0.0))
         self.max_length = int(settings["max_length"])
         if threads:
             torch.set_num_threads(threads)
@@ -88,13 +104,19 @@ class CrossEncoder:
                     out[j] = value
         return out
 
-    def calibrate(self, logits: list[float]) -> list[float]:
-        """Logits to calibrated support in [0, 1] (0.5 is the decision threshold)."""
-        return [1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, self.slope * x + self.intercept)))) for x in logits]
+    def calibrate(self, logits: list[float], lexical: list[float]) -> list[float]:
+        """Logits (and lexical raw scores) to calibrated support in [0, 1]; 0.5 is the decision threshold."""
+        return [_sigmoid(self.slope * x + self.lexical_slope * lex + self.intercept)
+                for x, lex in zip(logits, lexical, strict=True)]
 
-    def scores(self, claims: list[str], windows: list[str], batch_size: int = 64) -> list[float]:
-        """Calibrated support of (claim, window) pairs."""
-        return self.calibrate(self.logits(claims, windows, batch_size))
+    def scores(self, claims: list[str], pairs: list[Pair], batch_size: int = 64) -> list[float]:
+        """Calibrated support of each claim against its :class:`Pair`."""
+        logits = self.logits(claims, [p.window for p in pairs], batch_size)
+        return self.calibrate(logits, [p.lexical for p in pairs])
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
 class NLIScorer:
@@ -114,7 +136,7 @@ class NLIScorer:
         """Each answer's :class:`Groundedness`; every (sentence, window) pair of the batch in one encoder call."""
         encoder = self._fixed or load_champion(self.model_name)
         per_answer: list[list[SentenceSupport]] = []
-        pending: list[tuple[SentenceSupport, str]] = []
+        pending: list[tuple[SentenceSupport, Pair]] = []
         for answer, ctx in zip(answers, contexts, strict=True):
             sentences = []
             for start, end in split_sentences(answer):
@@ -124,13 +146,12 @@ class NLIScorer:
                     claim = is_claim(text) and _has_content(text)
                     sentences.append(SentenceSupport(text, start, end, 0.0 if claim else 1.0, claim=claim))
                     continue
-                window, index, span = found
-                support = SentenceSupport(text, start, end, 0.0, index, span)
+                support = SentenceSupport(text, start, end, 0.0, found.context, found.span)
                 sentences.append(support)
-                pending.append((support, window))
+                pending.append((support, found))
             per_answer.append(sentences)
         if pending:
-            values = encoder.scores([s.text for s, _ in pending], [w for _, w in pending], self.batch_size)
+            values = encoder.scores([s.text for s, _ in pending], [p for _, p in pending], self.batch_size)
             for (support, _), value in zip(pending, values, strict=True):
                 support.score = value
         return [aggregate(sentences, self.name) for sentences in per_answer]

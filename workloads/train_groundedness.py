@@ -89,6 +89,15 @@ class GroundednessScalingConfig(ScalingConfig):
     cpus_per_worker: float = Field(2.0, gt=0, description="CPUs reserved for each worker (its torch threads).")
 
 
+class CalibrationConfig(FabricConfig):
+    """How the encoder's logit becomes a calibrated support score (0.5: the decision threshold)."""
+
+    stack_lexical: bool = Field(False, description="Also weigh lexical's raw score of the same window in the "
+                                "logistic fit (a stacked scorer: the cross-encoder corrects lexical where it "
+                                "errs). False: the cross-encoder's logit alone (Platt scaling).")
+    c: float = Field(100.0, gt=0, description="Inverse L2 strength of the logistic fit (large: hardly any).")
+
+
 class NLIRegistryConfig(RegistrationConfig):
     """Registration of the scorer."""
 
@@ -104,6 +113,7 @@ class Config(WorkloadConfig):
     data: PairsConfig = Field(default_factory=PairsConfig, description="Documents and pairs.")
     model: EncoderConfig = Field(default_factory=EncoderConfig, description="The encoder.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Calibration.")
     scaling: GroundednessScalingConfig = Field(default_factory=GroundednessScalingConfig, description="Workers.")
     registry: NLIRegistryConfig = Field(default_factory=NLIRegistryConfig, description="Model registry.")
 
@@ -209,7 +219,7 @@ def build_trainer(cfg: Config, train: Any, run_id: str) -> Any:
     for context, claim, label in zip(train["context"], train["claim"], train["label"], strict=True):
         found = pair_text(claim, [context])
         if found is not None:
-            rows.append((claim, found[0], float(label)))
+            rows.append((claim, found.window, float(label)))
     config = {"rows": ray.put(rows), "source": encoder_source(cfg.model.source), "max_length": cfg.model.max_length,
               "layers": cfg.model.layers, "train": cfg.train.model_dump(), "seed": cfg.data.seed,
               "use_gpu": cfg.scaling.use_gpu, "mlflow_tracking_uri": mlflow.get_tracking_uri(), "mlflow_run_id": run_id}
@@ -259,13 +269,13 @@ def train_loop(config: dict[str, Any]) -> None:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum, seen = loss_sum + float(loss) * len(batch), seen + len(batch)
+            loss_sum, seen = loss_sum + loss.item() * len(batch), seen + len(batch)
             done = epoch * steps_per_epoch + step + 1
             if rank == 0 and (done % hp["log_every_steps"] == 0 or step + 1 == steps_per_epoch):
-                print(f"[train] epoch {epoch + 1}/{hp['epochs']} step {done}/{total}: loss {float(loss):.4f}, "
+                print(f"[train] epoch {epoch + 1}/{hp['epochs']} step {done}/{total}: loss {loss.item():.4f}, "
                       f"lr {scheduler.get_last_lr()[0]:.2e}, {seen * world / (time.perf_counter() - started):.1f} "
                       "pairs/s", flush=True)
-                log({"train_loss_step": float(loss)}, done)
+                log({"train_loss_step": loss.item()}, done)
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
                    "pairs_per_s": seen * world / (time.perf_counter() - started)}
         log(metrics, epoch)
@@ -326,27 +336,33 @@ def _mlflow_logger(config: dict[str, Any], rank: int) -> Any:
 
 
 def calibrate(cfg: Config, checkpoint: Path, pairs: Any, target: Path) -> Path:
-    """The encoder folder with its calibration: a logistic fit of the calibration pairs' labels on their logits."""
+    """The encoder folder with its calibration: a logistic fit of the calibration pairs' labels on their logits
+    (and, stacked, on lexical's raw scores of the same windows)."""
     import shutil
 
     import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
 
-    from rag.lexical import fit_calibration
     from rag.nli import CALIBRATION_FILE, CrossEncoder, pair_text
 
     shutil.copytree(checkpoint, target, ignore=shutil.ignore_patterns(STATE))
-    settings = {"slope": 1.0, "intercept": 0.0, "max_length": cfg.model.max_length, "base_model": cfg.model.source}
+    settings = {"slope": 1.0, "lexical_slope": 0.0, "intercept": 0.0, "max_length": cfg.model.max_length,
+                "base_model": cfg.model.source, "stack_lexical": cfg.calibration.stack_lexical}
     (target / CALIBRATION_FILE).write_text(json.dumps(settings))
-    encoder = CrossEncoder(target)
-    found = [(pair_text(claim, [context]), label) for context, claim, label
+    found = [(claim, pair_text(claim, [context]), label) for context, claim, label
              in zip(pairs["context"], pairs["claim"], pairs["label"], strict=True)]
-    claims = [claim for claim, (hit, _) in zip(pairs["claim"], found, strict=True) if hit]
-    logits = encoder.logits(claims, [hit[0] for hit, _ in found if hit])
-    settings["slope"], settings["intercept"] = fit_calibration(logits, [label for hit, label in found if hit])
+    found = [(claim, pair, label) for claim, pair, label in found if pair is not None]
+    logits = CrossEncoder(target).logits([c for c, _, _ in found], [p.window for _, p, _ in found])
+    columns = [logits] + ([[p.lexical for _, p, _ in found]] if cfg.calibration.stack_lexical else [])
+    fit = LogisticRegression(C=cfg.calibration.c).fit(np.array(columns).T, [label for _, _, label in found])
+    settings["slope"], settings["intercept"] = float(fit.coef_[0][0]), float(fit.intercept_[0])
+    if cfg.calibration.stack_lexical:
+        settings["lexical_slope"] = float(fit.coef_[0][1])
     (target / CALIBRATION_FILE).write_text(json.dumps(settings, indent=1))
-    mlflow.log_params({"calibration.slope": settings["slope"], "calibration.intercept": settings["intercept"]})
-    print(f"[calibration] logistic fit on {len(logits)} calibration pairs: slope {settings['slope']:.3f}, "
-          f"intercept {settings['intercept']:.3f}", flush=True)
+    mlflow.log_params({f"calibration.{k}": settings[k] for k in ("slope", "lexical_slope", "intercept")})
+    print(f"[calibration] logistic fit on {len(logits)} calibration pairs: slope {settings['slope']:.3f}, lexical "
+          f"slope {settings['lexical_slope']:.3f}, intercept {settings['intercept']:.3f}", flush=True)
     return target
 
 
