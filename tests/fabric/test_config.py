@@ -138,7 +138,7 @@ def serve_config_class(path: Path) -> type[FabricConfig]:
     from fabric.config_kinds import SERVE_KINDS, config_class, kind_of
 
     kind = kind_of(path)
-    assert kind in SERVE_KINDS, f"{path} must say its kind (kind: serve or kind: llm)"
+    assert kind in SERVE_KINDS, f"{path} must say its kind (kind: serve, llm or rag)"
     return config_class(kind)
 
 
@@ -153,7 +153,7 @@ def test_every_shipped_serve_config_loads_and_round_trips(path, tmp_path):
 
 def test_serve_configs_of_both_kinds_are_shipped():
     kinds = {serve_config_class(p).__name__ for p in SERVE_CONFIGS}
-    assert kinds == {"ServeConfig", "LLMServeConfig"}
+    assert kinds == {"ServeConfig", "LLMServeConfig", "RagServeConfig"}
 
 
 @pytest.mark.parametrize("path", MONITOR_CONFIGS, ids=lambda p: p.name)
