@@ -20,6 +20,7 @@ its held-out balanced accuracy beats ``lexical``'s.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
@@ -92,7 +93,7 @@ class GroundednessScalingConfig(ScalingConfig):
 class CalibrationConfig(FabricConfig):
     """How the encoder's logit becomes a calibrated support score (0.5: the decision threshold)."""
 
-    stack_lexical: bool = Field(False, description="Also weigh lexical's raw score of the same window in the "
+    stack_lexical: bool = Field(True, description="Also weigh lexical's raw score of the same window in the "
                                 "logistic fit (a stacked scorer: the cross-encoder corrects lexical where it "
                                 "errs). False: the cross-encoder's logit alone (Platt scaling).")
     c: float = Field(100.0, gt=0, description="Inverse L2 strength of the logistic fit (large: hardly any).")
@@ -355,10 +356,13 @@ def calibrate(cfg: Config, checkpoint: Path, pairs: Any, target: Path) -> Path:
     found = [(claim, pair, label) for claim, pair, label in found if pair is not None]
     logits = CrossEncoder(target).logits([c for c, _, _ in found], [p.window for _, p, _ in found])
     columns = [logits] + ([[p.lexical for _, p, _ in found]] if cfg.calibration.stack_lexical else [])
-    fit = LogisticRegression(C=cfg.calibration.c).fit(np.array(columns).T, [label for _, _, label in found])
+    labels = [label for _, _, label in found]
+    fit = LogisticRegression(C=cfg.calibration.c).fit(np.array(columns).T, labels)
     settings["slope"], settings["intercept"] = float(fit.coef_[0][0]), float(fit.intercept_[0])
     if cfg.calibration.stack_lexical:
         settings["lexical_slope"] = float(fit.coef_[0][1])
+        alone = LogisticRegression(C=cfg.calibration.c).fit(np.array(logits)[:, None], labels)
+        settings["encoder_only"] = {"slope": float(alone.coef_[0][0]), "intercept": float(alone.intercept_[0])}
     (target / CALIBRATION_FILE).write_text(json.dumps(settings, indent=1))
     mlflow.log_params({f"calibration.{k}": settings[k] for k in ("slope", "lexical_slope", "intercept")})
     print(f"[calibration] logistic fit on {len(logits)} calibration pairs: slope {settings['slope']:.3f}, lexical "
@@ -373,11 +377,18 @@ def evaluate(encoder_dir: Path, pairs: Any) -> dict[str, float]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from rag.groundedness import get_scorer
-    from rag.nli import CrossEncoder, NLIScorer
+    from rag.nli import CALIBRATION_FILE, CrossEncoder, NLIScorer
 
     labels, contexts = pairs["label"].to_numpy(), [[c] for c in pairs["context"]]
     metrics, scored = {}, pairs.copy()
-    for name, scorer in (("", NLIScorer(encoder=CrossEncoder(encoder_dir))), ("lexical_", get_scorer("lexical"))):
+    encoder = CrossEncoder(encoder_dir)
+    scorers = [("", NLIScorer(encoder=encoder)), ("lexical_", get_scorer("lexical"))]
+    alone = json.loads((encoder_dir / CALIBRATION_FILE).read_text()).get("encoder_only")
+    if alone:  # a stacked calibration: the cross-encoder alone is measured too, for the record
+        plain = copy.copy(encoder)
+        plain.slope, plain.intercept, plain.lexical_slope = alone["slope"], alone["intercept"], 0.0
+        scorers.append(("encoder_only_", NLIScorer(encoder=plain)))
+    for name, scorer in scorers:
         started = time.perf_counter()
         scores = np.array([g.score for g in scorer.detail_batch(list(pairs["claim"]), contexts)])
         metrics[f"{name}heldout_pairs_per_s"] = len(scores) / (time.perf_counter() - started)
@@ -387,15 +398,14 @@ def evaluate(encoder_dir: Path, pairs: Any) -> dict[str, float]:
             chosen = (pairs["kind"] == kind).to_numpy()
             metrics[f"{name}heldout_accuracy_{kind}"] = float(((scores[chosen] >= 0.5) == labels[chosen]).mean())
         scored[f"{name or 'nli_'}score"] = scores
-    mlflow.log_metrics(metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        scored.to_parquet(Path(tmp) / "heldout_pairs.parquet", index=False)
-        mlflow.log_artifact(str(Path(tmp) / "heldout_pairs.parquet"), "eval")
-    for name in ("", "lexical_"):
         kinds = ", ".join(f"{k.removeprefix(name + 'heldout_accuracy_')} {v:.2f}" for k, v in metrics.items()
                           if k.startswith(f"{name}heldout_accuracy_"))
         print(f"[eval] {name.rstrip('_') or 'nli'}: balanced accuracy {metrics[f'{name}heldout_balanced_accuracy']:.3f}"
               f", ROC-AUC {metrics[f'{name}heldout_roc_auc']:.3f}; accuracy by kind: {kinds}", flush=True)
+    mlflow.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        scored.to_parquet(Path(tmp) / "heldout_pairs.parquet", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "heldout_pairs.parquet"), "eval")
     return metrics
 
 
@@ -412,7 +422,9 @@ def log_and_register(cfg: Config, encoder_dir: Path, lineage: dict[str, str], me
     versions = package_versions(["torch", "transformers", "mlflow", "pandas"])
     info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_model(), artifacts={"encoder": str(encoder_dir)},
                                    pip_requirements=["llmops-fabric"] + [f"{n}=={v}" for n, v in versions.items() if v])
-    summary: dict[str, Any] = {"model_uri": info.model_uri, "beats_lexical": beats, **lineage, **metrics}
+    summary: dict[str, Any] = {"model_uri": info.model_uri, "beats_lexical": beats,
+                               "data_uri": lineage["fabric.data.uri"], "data_commit": lineage["fabric.data.commit"],
+                               **lineage, **metrics}
     if not cfg.registry.model_name:
         return summary
     tags = {"fabric.task": "classification", "fabric.model_type": "groundedness_cross_encoder",
