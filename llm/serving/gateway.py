@@ -8,8 +8,9 @@ unsupported options or a ``response_format`` that cannot be enforced), 429 (too 
 ``limits.request_timeout_s``). Streams are server-sent events in OpenAI's chunk format, ending with
 ``data: [DONE]``; a stream that fails or times out once started ends with an OpenAI error event instead.
 
-Each admitted request holds one of ``limits.max_concurrent_requests`` slots (:class:`_Slot`) until it is answered,
-its stream ends, or its stream is dropped unread (the client left before the first chunk was sent).
+Each admitted request holds one of ``limits.max_concurrent_requests`` slots (:class:`llm.serving.admission.Slot`)
+until it is answered, its stream ends, or its stream is dropped unread (the client left before the first chunk was
+sent).
 ``GET /health`` asks the engine too: 503 when it cannot decode.
 """
 
@@ -26,6 +27,7 @@ from ray import serve
 from fabric.serve.keys import Keyring
 from llm.serving import openai_protocol as oai
 from llm.serving.adapters import split_model
+from llm.serving.admission import Slot, authorize_predict, awaited, read_limited
 from llm.serving.config import LLMLimits, LLMModel
 from llm.serving.generation import Job
 from llm.serving.openai_protocol import ApiError, ChatCompletionRequest, CompletionRequest
@@ -37,37 +39,6 @@ log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="fabric LLM serving", description="OpenAI-compatible chat and text completions. Send "
               "`Authorization: Bearer KEY`.")
-
-
-class _Slot:
-    """One admitted request's place under ``max_concurrent_requests``; released exactly once.
-
-    A stream's body is a generator that Starlette may never start (the client left before the first chunk was
-    sent): its ``finally`` would never run, so the slot is also released, and the engine's stream cancelled,
-    when the unread body is garbage-collected.
-    """
-
-    def __init__(self, gateway: Any):
-        self.gateway, self.held, self.on_release = gateway, True, None
-        gateway.in_flight += 1
-
-    def release(self, cancel: bool = True) -> None:
-        if not self.held:
-            return
-        self.held = False
-        self.gateway.in_flight -= 1
-        if cancel and self.on_release is not None:
-            self.on_release()
-
-    def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # garbage collection must not raise; the slot is free either way
-            log.exception("fabric llm: cancelling an abandoned stream failed")
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
 
 
 @serve.deployment
@@ -92,7 +63,7 @@ class OpenAIGateway:
     async def health(self) -> JSONResponse:
         """200 when the engine can decode; 503 with the reason when it cannot (the gateway itself is live)."""
         try:
-            await asyncio.wait_for(_awaited(self.engine.health.remote()), timeout=10)
+            await asyncio.wait_for(awaited(self.engine.health.remote()), timeout=10)
         except Exception as exc:
             cause = getattr(exc, "cause", exc)
             reason = cause.message if isinstance(cause, ApiError) else f"{type(exc).__name__}: {exc}"[:300]
@@ -120,27 +91,10 @@ class OpenAIGateway:
     # -- steps -------------------------------------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if not self.auth_required:
-            return
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if not key:
-            raise ApiError("missing API key: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
-        role = self.keys.role(key)
-        if role is None:
-            raise ApiError("invalid API key", 401, code="invalid_api_key")
-        if not Keyring.allows(role, "predict"):
-            raise ApiError(f"this key has role {role!r}; completions need 'predict'", 403)
+        authorize_predict(self.keys, self.auth_required, request)
 
     async def _body(self, request: Request) -> bytes:
-        limit = self.limits.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(f"request body of {declared} bytes is over the limit of {limit}", 413)
-        body = await request.body()
-        if len(body) > limit:
-            raise ApiError(f"request body of {len(body)} bytes is over the limit of {limit}", 413)
-        return body
+        return await read_limited(request, self.limits.max_request_bytes)
 
     def _job(self, req: Any) -> Job:
         """Tokenizes the prompt and applies the limits; the engine gets token ids and sampling settings."""
@@ -176,7 +130,7 @@ class OpenAIGateway:
         chat = cls is ChatCompletionRequest
         rid = oai.new_id("chatcmpl" if chat else "cmpl")
         deadline = time.monotonic() + self.limits.request_timeout_s
-        slot: _Slot | None = None
+        slot: Slot | None = None
         try:
             self._authorize(request)
             req = oai.parse_request(await self._body(request), cls)
@@ -185,7 +139,7 @@ class OpenAIGateway:
             if self.in_flight >= self.limits.max_concurrent_requests:
                 raise ApiError(f"{self.in_flight} requests are in flight, the server's limit is "
                                f"{self.limits.max_concurrent_requests}; retry shortly", 429)
-            slot = _Slot(self)
+            slot = Slot(self)
             engine = self.engine.options(multiplexed_model_id=adapter) if adapter else self.engine
             if req.stream:
                 events = engine.options(stream=True).stream.remote(job)
@@ -209,7 +163,7 @@ class OpenAIGateway:
                 slot.release(cancel=False)
 
     async def _sse(self, req: Any, rid: str, chat: bool, prompt_tokens: int, first: dict[str, Any],
-                   events: Any, slot: _Slot, deadline: float) -> AsyncIterator[bytes]:
+                   events: Any, slot: Slot, deadline: float) -> AsyncIterator[bytes]:
         finished = False
         try:
             if chat:
@@ -246,7 +200,7 @@ class OpenAIGateway:
         from ray.serve.exceptions import DeploymentUnavailableError
 
         try:
-            return await asyncio.wait_for(_awaited(awaitable), timeout=max(deadline - time.monotonic(), 0.001))
+            return await asyncio.wait_for(awaited(awaitable), timeout=max(deadline - time.monotonic(), 0.001))
         except asyncio.TimeoutError:
             response.cancel()
             raise ApiError(f"no answer within limits.request_timeout_s={self.limits.request_timeout_s:g} s; "

@@ -30,6 +30,7 @@ from ray import serve
 
 from fabric.serve.keys import Keyring
 from llm.serving import openai_protocol as oai
+from llm.serving.admission import Slot, authorize_predict, awaited, read_limited
 from llm.serving.openai_protocol import ApiError, ChatCompletionRequest
 from rag.serving.answer import NOT_COVERED, sources_footer
 from rag.serving.chain import RagChain, parse_query
@@ -48,28 +49,6 @@ def _request_id(request: Request) -> str:
     """The id Serve's proxy gave the request (the client's own x-request-id when it sent one)."""
     given = request.headers.get("x-request-id", "")
     return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
-# Module-level helpers come before the deployment class: Serve pickles it when it is decorated.
-class _Slot:
-    """One admitted request's place under ``max_concurrent_requests``, released exactly once (also when a stream's
-    unread body is garbage-collected)."""
-
-    def __init__(self, gateway: Any):
-        self.gateway, self.held = gateway, True
-        gateway.in_flight += 1
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.gateway.in_flight -= 1
-
-    def __del__(self) -> None:
-        self.release()
 
 
 @serve.deployment
@@ -127,7 +106,7 @@ class RagGateway:
         status: dict[str, Any] = {"live": True, "ready": True}
         for name, call in checks.items():
             try:
-                status[name] = await asyncio.wait_for(_awaited(call), timeout=15) or "ok"
+                status[name] = await asyncio.wait_for(awaited(call), timeout=15) or "ok"
                 if "error" in status[name]:
                     status[name] = {"error": status[name]["error"]}
                     status["ready"] = False
@@ -176,7 +155,7 @@ class RagGateway:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
         rid = _request_id(request)
-        slot: _Slot | None = None
+        slot: Slot | None = None
         try:
             self._authorize(request)
             raw = await self._body(request)
@@ -247,7 +226,7 @@ class RagGateway:
                              result["groundedness"])
         self.telemetry.record(rid, route, query, result)
 
-    async def _stream(self, req: Any, question: Any, rid: str, slot: _Slot) -> StreamingResponse:
+    async def _stream(self, req: Any, question: Any, rid: str, slot: Slot) -> StreamingResponse:
         """Retrieves and starts generating before the response starts (so a failure is a plain error status),
         then streams the answer's text, the sources, and a last chunk with the ``rag`` field."""
         deadline = time.monotonic() + self.cfg.limits.request_timeout_s
@@ -267,7 +246,7 @@ class RagGateway:
         body = self._sse(req, question, rid, slot, timings, retrieved, used, messages, events, first)
         return StreamingResponse(body, media_type="text/event-stream")
 
-    async def _sse(self, req: Any, question: Any, rid: str, slot: _Slot, timings: Timings, retrieved: dict,
+    async def _sse(self, req: Any, question: Any, rid: str, slot: Slot, timings: Timings, retrieved: dict,
                    used: list, messages: Any, events: AsyncIterator | None, first: dict | None) -> AsyncIterator[bytes]:
         model, cid = req.model, f"chatcmpl-{rid}"
         parts: list[str] = []
@@ -348,38 +327,21 @@ class RagGateway:
 
         asyncio.get_running_loop().create_task(judge())
 
-    def _admit(self) -> _Slot:
+    def _admit(self) -> Slot:
         """A slot under ``max_concurrent_requests``, or 429."""
         if self.in_flight >= self.cfg.limits.max_concurrent_requests:
             raise self._busy()
-        return _Slot(self)
+        return Slot(self)
 
     def _busy(self) -> ApiError:
         return ApiError(f"{self.in_flight} requests are in flight, the server's limit is "
                         f"{self.cfg.limits.max_concurrent_requests}; retry shortly", 429)
 
     def _authorize(self, request: Request) -> None:
-        if not self.cfg.auth.required:
-            return
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if not key:
-            raise ApiError("missing API key: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
-        role = self.keys.role(key)
-        if role is None:
-            raise ApiError("invalid API key", 401, code="invalid_api_key")
-        if not Keyring.allows(role, "predict"):
-            raise ApiError(f"this key has role {role!r}; answers need 'predict'", 403)
+        authorize_predict(self.keys, self.cfg.auth.required, request)
 
     async def _body(self, request: Request) -> bytes:
-        limit = self.cfg.limits.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(f"request body of {declared} bytes is over the limit of {limit}", 413)
-        body = await request.body()
-        if len(body) > limit:
-            raise ApiError(f"request body of {len(body)} bytes is over the limit of {limit}", 413)
-        return body
+        return await read_limited(request, self.cfg.limits.max_request_bytes)
 
     def _error(self, exc: ApiError, rid: str, openai: bool, route: str | None = None) -> JSONResponse:
         if exc.status >= 500:

@@ -59,6 +59,7 @@ class Request:
 
 
 def gateway(call: Call, tokenizer, **limits):
+    from fabric.serve.keys import Keyring
     from llm.serving.gateway import OpenAIGateway
 
     # The deployment's own class, without Ray Serve around it (nor its ASGI wrapper's async __del__).
@@ -66,7 +67,7 @@ def gateway(call: Call, tokenizer, **limits):
     gw = object.__new__(cls)
     gw.engine, gw.model, gw.tokenizer = Engine(call), LLMModel(), tokenizer
     gw.limits = LLMLimits(max_context_tokens=256, max_tokens=32, default_max_tokens=8, **limits)
-    gw.auth_required, gw.in_flight = False, 0
+    gw.keys, gw.auth_required, gw.in_flight = Keyring({}), False, 0
     return gw
 
 
