@@ -86,13 +86,6 @@ class RagGateway:
         log.info("fabric rag: %s answers with prompt %s and scorer %s", self.cfg.model, self.prompt_version,
                  self.cfg.groundedness.scorer)
 
-    def _warm_scorer(self) -> None:
-        """Loads the scorer now (a model, for nli), so the first answer does not wait for it; a wrong name fails
-        the deployment with the message naming the known scorers."""
-        from rag.groundedness import get_scorer
-
-        get_scorer(self.cfg.groundedness.scorer).detail_batch(["Warm up."], [["Warm up."]])
-
     def __del__(self) -> None:
         if getattr(self, "telemetry", None) is not None:
             self.telemetry.close()
@@ -216,6 +209,7 @@ class RagGateway:
             self.telemetry.trace(rid, route, question.query, timings, retrieved, messages, text, None, exc.message)
             raise
         self._recorded(rid, route, question.query, timings, retrieved, messages, result, detail)
+        result["timings_ms"] = timings.steps()
         return result
 
     def _recorded(self, rid: str, route: str, query: str, timings: Timings, retrieved: Any, messages: Any,

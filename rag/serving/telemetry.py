@@ -43,6 +43,11 @@ class Timings:
     def ms(self, a: int | None, b: int | None) -> float | None:
         return (b - a) / 1e6 if a is not None and b is not None else None
 
+    def steps(self) -> dict[str, float | None]:
+        """Milliseconds of each step (None for a step not run): what ``POST /rag/query`` reports."""
+        return {"retrieval": self.ms(self.start, self.retrieved), "generation": self.ms(self.retrieved, self.generated),
+                "scoring": self.ms(self.generated, self.scored)}
+
 
 class Telemetry:
     """Metrics, inference log rows and traces of one gateway replica."""

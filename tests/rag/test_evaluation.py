@@ -236,7 +236,8 @@ def test_the_workload_evaluates_the_live_index_and_logs_everything(api_result, d
 
     m, n = api_result, len(few_questions[1])
     assert m["collection"] == docs_index["collection"] and m["commit"] == docs_index["commit"]
-    assert m["dense.n"] == n and "hybrid.n" not in m  # the collection has no keyword vectors: hybrid skipped
+    assert m["dense.n"] == n and m["hybrid.n"] == n  # the index has keyword vectors (hybrid: true by default)
+    assert m["hybrid.page_hit_at_5"] >= 0.8 and m["hybrid.chunk_mrr"] <= m["hybrid.page_mrr"]
     assert 1 >= m["dense.page_hit_at_10"] >= m["dense.page_hit_at_5"] >= m["dense.page_hit_at_1"] > 0
     assert m["dense.page_hit_at_5"] >= 0.8  # six pages only: a miss here is worth a look
     assert m["dense.chunk_hit_at_10"] <= m["dense.page_hit_at_10"] and m["dense.chunk_mrr"] <= m["dense.page_mrr"]

@@ -80,7 +80,8 @@ def test_a_question_is_answered_with_citations_quoting_the_source_at_their_offse
     response, _ = answered
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"answer", "citations", "groundedness", "commit", "collection", "request_id"}
+    assert set(body) == {"answer", "citations", "groundedness", "commit", "collection", "request_id", "timings_ms"}
+    assert all(body["timings_ms"][step] > 0 for step in ("retrieval", "generation", "scoring"))
     assert body["answer"].strip() and body["request_id"] == response.headers["x-request-id"]
     assert body["commit"] == apps["commit"] and body["collection"] == apps["collection"]
     cited = body["citations"]
@@ -218,6 +219,7 @@ def test_nothing_relevant_says_the_docs_do_not_cover_it_without_calling_the_llm(
     response = requests.post(apps["down"] + "/rag/query", json={"query": OFF_TOPIC}, timeout=60)
     body = response.json()
     assert response.status_code == 200 and body["answer"] == NOT_COVERED and body["citations"] == []
+    assert body["timings_ms"]["retrieval"] > 0 and body["timings_ms"]["generation"] is None  # no LLM call
     assert body["groundedness"] is None and body["commit"] == apps["commit"]
     chat = OpenAI(base_url=apps["down"] + "/v1", api_key="unused", max_retries=0, timeout=60)
     reply = chat.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
