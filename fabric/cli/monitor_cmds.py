@@ -6,6 +6,9 @@ Each command is a thin skin over :func:`fabric.monitor.check`::
     fabric monitor check breast-cancer --since 1h --json   # check(model, since="1h").to_dict()
     fabric monitor report breast-cancer --out reports/     # check(model, out_dir="reports/")
     fabric monitor ui --port 8000                          # Evidently's UI on fabric.monitor.workspace_dir()
+
+A RAG app's name (its log holds groundedness scores) gets :func:`rag.monitoring.check` instead: the mean
+groundedness and the share of unsupported answers of its newest data commit, and the lowest-scored answers.
 """
 
 from __future__ import annotations
@@ -91,8 +94,7 @@ def ui(
 def _run(model: str, version: str | None, last: int | None, since: str | None, config: Path | None,
          log_root: str | None, out_dir: str | None) -> Any:
     from fabric.config import ConfigError, load_yaml
-    from fabric.monitor import MonitorConfig, MonitorError
-    from fabric.monitor import check as run_check
+    from fabric.monitor import MonitorConfig, MonitorError, run_check
 
     try:
         cfg = None
@@ -131,6 +133,9 @@ def _alerts(outcome: dict[str, Any]) -> str:
 
 
 def _headline(result: Any) -> str:
+    if getattr(result, "kind", "model") == "rag":
+        return (f"{result.model} at data commit {result.version[:12]}: {result.rows} answers in the window, "
+                f"{result.answered} scored, {result.not_covered} not covered by the documents")
     window = f"last {result.window['last']} rows" if "last" in result.window else f"since {result.window['since']}"
     drifted = len(result.drifted_columns)
     return (f"{result.model} v{result.version}: {drifted} of {len(result.columns)} features drifted (share "
@@ -141,6 +146,8 @@ def _headline(result: Any) -> str:
 
 def describe(result: Any) -> str:
     """The terminal summary of a check: what drifted first, then quality and where the report is."""
+    if getattr(result, "kind", "model") == "rag":
+        return _describe_rag(result)
     rows = sorted(result.columns.items(), key=lambda kv: (not kv[1]["drifted"], kv[0]))
     if result.prediction_drift:
         rows.insert(0 if result.prediction_drift["drifted"] else len(rows), ("(prediction)", result.prediction_drift))
@@ -156,6 +163,22 @@ def describe(result: Any) -> str:
             f"{k} {v:.4f}" for k, v in result.quality.items() if v is not None))
     else:
         lines.append(f"quality: none ({result.quality_note})")
+    lines += [f"report: {result.html_path}", f"        {result.json_path}"]
+    if result.mlflow_run_id:
+        lines.append(f"MLflow run: {result.mlflow_run_id} (experiment fabric-monitor)")
+    return "\n".join(lines)
+
+
+def _describe_rag(result: Any) -> str:
+    """A RAG app's check: the figures the rules read, then the lowest-scored answers."""
+    def share(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [_headline(result), f"mean groundedness {share(result.mean_groundedness)}, share under 0.5 "
+             f"{share(result.ungrounded_share)} (scorers: {', '.join(f'{k} {v}' for k, v in result.scorers.items())})"]
+    if result.worst:
+        lines += ["", "lowest-scored answers:"]
+        lines += [f"  {w['groundedness']:.3f}  {w['query'][:60]!r} -> {w['answer'][:80]!r}" for w in result.worst]
     lines += [f"report: {result.html_path}", f"        {result.json_path}"]
     if result.mlflow_run_id:
         lines.append(f"MLflow run: {result.mlflow_run_id} (experiment fabric-monitor)")

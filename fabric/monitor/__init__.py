@@ -16,8 +16,8 @@ Each check saves one Evidently snapshot (HTML and JSON), logs it to the MLflow e
 adds it to the model's project in the Evidently workspace.
 """
 
-from fabric.monitor.check import CheckResult, check
+from fabric.monitor.check import CheckResult, check, run_check
 from fabric.monitor.config import MonitorConfig, MonitorError, parse_span
 from fabric.monitor.reports import workspace_dir
 
-__all__ = ["CheckResult", "MonitorConfig", "MonitorError", "check", "parse_span", "workspace_dir"]
+__all__ = ["CheckResult", "MonitorConfig", "MonitorError", "check", "parse_span", "run_check", "workspace_dir"]

@@ -14,6 +14,14 @@ of a serve config's ``monitor:`` section, which the serving app runs on a schedu
     webhook: {url: "http://127.0.0.1:9000/alerts"}
     ct: {config: configs/ct/breast_cancer.yaml}
 
+A RAG app is watched the same way, by its groundedness scores (:mod:`rag.monitoring` checks it; its log says it is
+one)::
+
+    model: python-docs-rag
+    rules:
+      - {name: answers-ungrounded, when: groundedness_below, threshold: 0.6}
+      - {name: many-unsupported, when: ungrounded_share_above, threshold: 0.3}
+
 A rule fires at most once per ``cooldown_s`` for each version of its model (the state is kept under the fabric
 home, so the serving app and the CLI share it): one drift fires once, not on every check, and a retrained
 version starts with a clean slate. Actions: ``log`` (a warning and a
@@ -48,7 +56,8 @@ from fabric.monitor.config import MonitorConfig
 __all__ = ["AlertRule", "CTAction", "MonitorSpec", "WebhookConfig", "alerts_dir", "evaluate", "fire", "run_spec"]
 
 log = logging.getLogger("fabric.monitor")
-Condition = Literal["drift_share_above", "column_drifted", "quality_below", "error_rate_above", "too_few_labels"]
+Condition = Literal["drift_share_above", "column_drifted", "quality_below", "error_rate_above", "too_few_labels",
+                    "groundedness_below", "ungrounded_share_above"]
 Action = Literal["log", "webhook", "ct"]
 
 
@@ -59,7 +68,9 @@ class AlertRule(FabricConfig):
     when: Condition = Field(..., description="drift_share_above (threshold: share of drifted features), "
                             "column_drifted (column), quality_below (metric, threshold), error_rate_above "
                             "(threshold: share of 5xx answers since the last check; serving app only), "
-                            "too_few_labels (threshold: labelled rows needed in the window).")
+                            "too_few_labels (threshold: labelled rows needed in the window); for a RAG app: "
+                            "groundedness_below (threshold: the window's mean groundedness of answered questions), "
+                            "ungrounded_share_above (threshold: share of answers scoring under 0.5).")
     threshold: float | None = Field(None, ge=0, description="The limit the figure is compared with.")
     column: str | None = Field(None, description="column_drifted: the feature to watch.")
     metric: str | None = Field(None, description="quality_below: accuracy, f1, precision, recall, roc_auc, r2, ...")
@@ -70,11 +81,13 @@ class AlertRule(FabricConfig):
     def _needs(self) -> AlertRule:
         needed = {"drift_share_above": ["threshold"], "column_drifted": ["column"],
                   "quality_below": ["metric", "threshold"], "error_rate_above": ["threshold"],
-                  "too_few_labels": ["threshold"]}[self.when]
+                  "too_few_labels": ["threshold"], "groundedness_below": ["threshold"],
+                  "ungrounded_share_above": ["threshold"]}[self.when]
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
             raise ValueError(f"rule {self.name!r} ({self.when}) needs {' and '.join(missing)}")
-        if self.when in ("drift_share_above", "error_rate_above") and self.threshold > 1:
+        shares = ("drift_share_above", "error_rate_above", "groundedness_below", "ungrounded_share_above")
+        if self.when in shares and self.threshold > 1:
             raise ValueError(f"rule {self.name!r}: threshold is a share between 0 and 1, got {self.threshold}")
         return self
 
@@ -149,7 +162,15 @@ def evaluate(rule: AlertRule, result: Any, error_rate: float | None = None) -> d
     elif rule.when == "error_rate_above":
         if error_rate is not None and error_rate > rule.threshold:
             return {"error_rate": error_rate, "threshold": rule.threshold}
-    elif result.labelled_rows < rule.threshold:
+    elif rule.when == "groundedness_below":
+        value = getattr(result, "mean_groundedness", None)
+        if value is not None and value < rule.threshold:
+            return {"mean_groundedness": value, "threshold": rule.threshold, "answered": result.answered}
+    elif rule.when == "ungrounded_share_above":
+        value = getattr(result, "ungrounded_share", None)
+        if value is not None and value > rule.threshold:
+            return {"ungrounded_share": value, "threshold": rule.threshold, "answered": result.answered}
+    elif getattr(result, "kind", "model") == "model" and result.labelled_rows < rule.threshold:
         return {"labelled_rows": result.labelled_rows, "rows": result.rows, "threshold": rule.threshold}
     return None
 
@@ -161,10 +182,10 @@ def run_spec(spec: MonitorSpec, *, result: Any = None, error_rate: float | None 
     Returns ``{"check": ..., "alerts": [fired alerts with their actions' outcomes], "suppressed": [rules in
     cool-down that would have fired]}``.
     """
-    from fabric.monitor import check
+    from fabric.monitor import run_check
 
     if result is None:
-        result = check(spec.model, version=spec.version, cfg=spec.check, log_root=log_root)
+        result = run_check(spec.model, version=spec.version, cfg=spec.check, log_root=log_root)
     now = time.time() if now is None else now
     fired, suppressed = [], []
     with _cooldowns() as last_fired:
@@ -207,7 +228,8 @@ def fire(spec: MonitorSpec, rule: AlertRule, result: Any, figures: dict[str, Any
 
 
 def _message(rule: AlertRule, result: Any, figures: dict[str, Any]) -> str:
-    subject = f"{result.model} v{result.version}"
+    subject = f"{result.model} v{result.version}" if getattr(result, "kind", "model") == "model" else \
+        f"{result.model} at data commit {result.version[:12]}"
     if rule.when == "drift_share_above":
         return (f"{subject}: {figures['drift_share']:.0%} of features drifted (limit {rule.threshold:.0%}): "
                 f"{', '.join(figures['drifted_columns']) or '-'}")
@@ -217,6 +239,12 @@ def _message(rule: AlertRule, result: Any, figures: dict[str, Any]) -> str:
         return f"{subject}: {rule.metric} {figures['value']:.4f} is below {rule.threshold}"
     if rule.when == "error_rate_above":
         return f"{subject}: error rate {figures['error_rate']:.1%} is above {rule.threshold:.1%}"
+    if rule.when == "groundedness_below":
+        return (f"{subject}: mean groundedness {figures['mean_groundedness']:.3f} of {figures['answered']} answers "
+                f"is below {rule.threshold}")
+    if rule.when == "ungrounded_share_above":
+        return (f"{subject}: {figures['ungrounded_share']:.0%} of {figures['answered']} answers are not supported "
+                f"by their sources (limit {rule.threshold:.0%})")
     return f"{subject}: {figures['labelled_rows']} of {figures['rows']} rows labelled; rules need {rule.threshold:g}"
 
 

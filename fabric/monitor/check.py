@@ -23,7 +23,7 @@ from typing import Any
 
 from fabric.monitor.config import MonitorConfig, MonitorError
 
-__all__ = ["CheckResult", "check"]
+__all__ = ["CheckResult", "check", "run_check"]
 
 
 @dataclass
@@ -116,6 +116,18 @@ def check(model: str, *, version: str | None = None, last: int | None = None, si
         result.workspace_project_id = reports.add_to_workspace(snapshot, model, ref.task)
         clock.lap("workspace")
     return result
+
+
+def run_check(model: str, **kwargs: Any) -> Any:
+    """The check that fits ``model``'s inference log: a RAG app's groundedness check (:func:`rag.monitoring.check`)
+    when its answers carry groundedness scores, else :func:`check` (drift and quality); same keyword arguments."""
+    from rag.monitoring import check as check_rag
+    from rag.monitoring import is_rag_log
+
+    if is_rag_log(model, kwargs.get("log_root")):
+        kwargs.pop("add_to_workspace", None)
+        return check_rag(model, **kwargs)
+    return check(model, **kwargs)
 
 
 class _Clock:

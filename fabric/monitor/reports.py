@@ -18,7 +18,8 @@ from typing import Any
 
 from fabric.files import atomic_write, locked
 
-__all__ = ["EXPERIMENT", "add_to_workspace", "log_to_mlflow", "report_dir", "save_snapshot", "workspace_dir"]
+__all__ = ["EXPERIMENT", "add_to_workspace", "experiment_id", "log_to_mlflow", "report_dir", "save_snapshot",
+           "workspace_dir"]
 
 EXPERIMENT = "fabric-monitor"
 
@@ -69,7 +70,7 @@ def log_to_mlflow(result: Any) -> str:
             "fabric.data.commit": result.reference_commit, "fabric.data.uri": result.reference_uri,
             "fabric.monitor.window": ", ".join(f"{k}={v}" for k, v in result.window.items()),
             "fabric.monitor.dataset_drift": str(result.dataset_drift).lower()}
-    run = client.create_run(_experiment_id(), tags=tags, run_name=f"monitor-{result.model}-v{result.version}")
+    run = client.create_run(experiment_id(), tags=tags, run_name=f"monitor-{result.model}-v{result.version}")
     metrics = {"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns), "rows": result.rows,
                "labelled_rows": result.labelled_rows, "reference_rows": result.reference_rows}
     if result.prediction_drift and result.prediction_drift.get("score") is not None:
@@ -84,7 +85,7 @@ def log_to_mlflow(result: Any) -> str:
     return run.info.run_id
 
 
-def _experiment_id() -> str:
+def experiment_id() -> str:
     """The ``fabric-monitor`` experiment; on the embedded store its artifacts live under the fabric home, as
     :func:`fabric.runtime.setup_mlflow` places every experiment's there (never in ``./mlruns``)."""
     import mlflow

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Telemetry", "Timings"]
+__all__ = ["Telemetry", "Timings", "answer_outputs"]
 
 log = logging.getLogger("ray.serve")
 MS_BOUNDARIES = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
@@ -47,6 +47,16 @@ class Timings:
         """Milliseconds of each step (None for a step not run): what ``POST /rag/query`` reports."""
         return {"retrieval": self.ms(self.start, self.retrieved), "generation": self.ms(self.retrieved, self.generated),
                 "scoring": self.ms(self.generated, self.scored)}
+
+
+def answer_outputs(query: str, result: dict[str, Any]) -> dict[str, list[Any]]:
+    """The output columns of an answer's inference log row (what :mod:`rag.monitoring` reads back)."""
+    detail = result.get("groundedness") or {}
+    score = detail.get("score")
+    return {"query": [query], "chunk_ids": [json.dumps([c["chunk_id"] for c in result["citations"]])],
+            "answer": [result["answer"]], "groundedness": [math.nan if score is None else float(score)],
+            "covered": [bool(result["citations"])], "collection": [result.get("collection") or ""],
+            "scorer": [detail.get("scorer") or ""]}
 
 
 class Telemetry:
@@ -98,14 +108,9 @@ class Telemetry:
         """One inference log row for an answer (``result`` as /rag/query returns it)."""
         if self.log is None:
             return
-        detail = result.get("groundedness") or {}
-        score = detail.get("score")
-        outputs = {"query": [query], "chunk_ids": [json.dumps([c["chunk_id"] for c in result["citations"]])],
-                   "answer": [result["answer"]], "groundedness": [math.nan if score is None else float(score)],
-                   "covered": [bool(result["citations"])], "collection": [result.get("collection") or ""],
-                   "scorer": [detail.get("scorer") or ""]}
         try:
-            self.log.add(request_id, self.model, str(result.get("commit") or "-"), endpoint, [], [[]], outputs)
+            self.log.add(request_id, self.model, str(result.get("commit") or "-"), endpoint, [], [[]],
+                         answer_outputs(query, result))
         except Exception as exc:  # the log never fails an answer
             log.warning("fabric rag: inference log skipped request %s: %s", request_id, exc)
 
