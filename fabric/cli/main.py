@@ -142,7 +142,8 @@ def doctor(
 def demo(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="The reduced size CI runs (fewer epochs and requests)."),
-    act: str = typer.Option("classical", "--act", help="Which story: classical (drift -> retrain -> canary)."),
+    act: str = typer.Option("classical", "--act", help="Which story: classical (drift -> retrain -> canary) or "
+                            "rag (cited answers, groundedness, an alert when answers stop being supported)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' logs here instead of in a file "
                                  "(same as `fabric --verbose demo`)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line of the demo's figures."),

@@ -2,7 +2,8 @@
 
 Acts (``--act``): ``classical`` (the default): a served model notices its world changed, retrains on the new
 data, proves it is better on recent rows and replaces itself through a canary, every step on the record
-(:mod:`fabric.demo.classical`).
+(:mod:`fabric.demo.classical`). ``rag``: versioned documents into Qdrant, a served RAG chain answers with citations
+and a groundedness score, and an LLM that gets numbers wrong sets off the groundedness alert (:mod:`fabric.demo.rag`).
 
 Example:
     >>> result = run_demo(quick=True)          # fabric demo --quick --json
@@ -17,7 +18,7 @@ from typing import Any
 
 __all__ = ["ACTS", "run_demo"]
 
-ACTS = ("classical",)
+ACTS = ("classical", "rag")
 
 
 def run_demo(act: str = "classical", quick: bool = False, verbose: bool = False, out: Any = None) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def run_demo(act: str = "classical", quick: bool = False, verbose: bool = False,
     """
     import ray.data
 
-    from fabric.demo import classical
+    from fabric.demo import classical, rag
     from fabric.demo.report import Story
     from fabric.logs import log_file, quiet
     from fabric.runtime import RayConfig, init_ray, resolve_stack, setup_mlflow
@@ -43,9 +44,10 @@ def run_demo(act: str = "classical", quick: bool = False, verbose: bool = False,
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     setup_mlflow()
     story = Story(log_path, verbose, out)
-    result = classical.run(story, quick)
+    result = (classical if act == "classical" else rag).run(story, quick)
     stack = resolve_stack()
-    story.note(f"drift report (HTML): {result['report_html']}")
+    if act == "classical":
+        story.note(f"drift report (HTML): {result['report_html']}")
     tools = _tools_folder()
     story.note(f"Evidently UI: {tools}fabric monitor ui   (then open http://127.0.0.1:8000)")
     story.note(f"MLflow UI:    {tools}mlflow ui --backend-store-uri {stack.mlflow_tracking_uri}")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["DEFAULT_TEMPLATE", "NOT_COVERED", "citations", "mark_answer", "numbered_context", "sources_footer"]
+__all__ = ["DEFAULT_TEMPLATE", "NOT_COVERED", "citations", "complete_sentences", "mark_answer", "numbered_context",
+           "sources_footer"]
 
 DEFAULT_TEMPLATE = [
     {"role": "system", "content": (
@@ -30,6 +31,15 @@ NOT_COVERED = ("The documentation does not cover this question: no passage of it
                "from, so no answer was generated.")
 QUOTE_CHARS = 300  # a quote without a supporting span: the chunk's opening, cut at a sentence end within this
 _MARKER = re.compile(r"\[\d+\]")
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` up to the end of its last complete sentence (for an answer cut off by ``max_tokens``, whose dangling
+    fragment would otherwise be judged as a claim); the whole text when no sentence is complete."""
+    from rag.groundedness import split_sentences
+
+    ends = [b for _, b in split_sentences(text) if text[b - 1] in ".!?)]\"'`"]
+    return text[:ends[-1]] if ends else text
 
 
 def numbered_context(hits: list[dict[str, Any]], max_chars: int) -> tuple[str, list[dict[str, Any]]]:

@@ -32,7 +32,7 @@ from fabric.serve.keys import Keyring
 from llm.serving import openai_protocol as oai
 from llm.serving.admission import Slot, authorize_predict, awaited, read_limited
 from llm.serving.openai_protocol import ApiError, ChatCompletionRequest
-from rag.serving.answer import NOT_COVERED, sources_footer
+from rag.serving.answer import NOT_COVERED, complete_sentences, sources_footer
 from rag.serving.chain import RagChain, parse_query
 from rag.serving.config import RagServeConfig
 from rag.serving.telemetry import Telemetry, Timings
@@ -57,7 +57,7 @@ class RagGateway:
     """HTTP front: auth, parsing and limits, the chain's steps, errors, metrics, traces, the inference log."""
 
     def __init__(self, cfg: dict[str, Any], retriever: Any, engine: Any, hashed_keys: dict[str, str],
-                 llm_api_key: str | None, tracking_uri: str):
+                 llm_api_key: str | None, tracking_uri: str, judge_api_key: str | None = None):
         import mlflow
 
         from llm.prompts import load
@@ -80,6 +80,11 @@ class RagGateway:
         self.chain = RagChain(retriever, generator, prompt.template, self.cfg.index.model_dump(),
                               self.cfg.prompt.model_dump(), self.cfg.groundedness.model_dump(),
                               self.cfg.limits.model_dump())
+        judge = self.cfg.groundedness.judge
+        if judge is not None:  # before load_scorer: the scorer itself may be the judge
+            from rag.judge import use_judge
+
+            use_judge(judge.url, judge.model, judge_api_key)
         self.chain.load_scorer()
         self.telemetry = Telemetry(self.cfg.name, self.cfg.model, self.cfg.inference_log.model_dump(),
                                    self.cfg.trace_sample_rate, tracking_uri)
@@ -198,6 +203,8 @@ class RagGateway:
                 generated = await self.chain.generator.complete(messages, question.max_tokens, question.temperature,
                                                                 deadline)
                 timings.generated, text = time.time_ns(), generated["text"]
+                if generated.get("finish_reason") == "length":  # cut by max_tokens: no dangling half sentence
+                    text = complete_sentences(text)
                 detail = await self.chain.score(text, used)
                 timings.scored = time.time_ns()
                 result = self.chain.result(text, used, detail, retrieved, rid)

@@ -8,7 +8,14 @@ import pytest
 
 from fabric.config import ConfigError
 from llm.serving.openai_protocol import ApiError
-from rag.serving.answer import DEFAULT_TEMPLATE, citations, mark_answer, numbered_context, sources_footer
+from rag.serving.answer import (
+    DEFAULT_TEMPLATE,
+    citations,
+    complete_sentences,
+    mark_answer,
+    numbered_context,
+    sources_footer,
+)
 from rag.serving.chain import RagChain, parse_query
 from rag.serving.config import RagServeConfig
 
@@ -119,3 +126,10 @@ def test_fabric_serve_up_takes_kind_rag_and_stops_on_a_bad_override_before_ray_s
                          capture_output=True, text=True, env=cli_env, timeout=120)
     assert out.returncode != 0 and "index.top_k (99) is over limits.max_top_k (20)" in out.stdout + out.stderr
     assert "Started a local Ray instance" not in out.stdout + out.stderr
+
+
+def test_an_answer_cut_by_max_tokens_keeps_its_complete_sentences():
+    cut = "A with statement calls __exit__() [1]. It runs even after an exception. It is a special method that"
+    assert complete_sentences(cut) == "A with statement calls __exit__() [1]. It runs even after an exception."
+    assert complete_sentences("No sentence ends here") == "No sentence ends here"  # nothing complete: kept whole
+    assert complete_sentences('It says "done." Then') == 'It says "done."'
