@@ -18,7 +18,9 @@ plus number, date, entity and negation consistency), ``nli`` (rag.nli, the cross
 imported only when asked for) and ``default``: ``nli`` when ``rag.nli.is_default()`` says its registered
 champion beat ``lexical`` on held-out pairs, else ``lexical`` (also when that champion fails to load: answers
 keep getting a score, and the failure is logged). Every scorer's sentence scores are calibrated on
-its own training pairs so that 0.5 is its decision threshold. New scorers plug in with :func:`register_scorer`.
+its own training pairs so that 0.5 is its decision threshold. ``judge`` (rag.judge) asks an LLM at an
+OpenAI-compatible endpoint through Evidently's faithfulness judge, for a sample of answers off the request path;
+its verdict (1.0 or 0.0) is for the whole answer. New scorers plug in with :func:`register_scorer`.
 
 Example:
     >>> from rag import groundedness
@@ -158,6 +160,7 @@ def register_scorer(name: str, factory: Callable[[], Scorer]) -> None:
 
 register_scorer("lexical", _lazy("rag.lexical:LexicalScorer"))
 register_scorer("nli", _lazy("rag.nli:NLIScorer"))
+register_scorer("judge", _lazy("rag.judge:from_env"))  # FABRIC_JUDGE_*; the RAG gateway re-registers it from config
 
 
 def available_scorers() -> list[str]:

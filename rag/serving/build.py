@@ -111,12 +111,14 @@ def build_rag_app(cfg: RagServeConfig, tracking_uri: str | None = None) -> Any:
         ).bind(cfg.llm.model, settings.model_dump(), uri)
     else:
         api_key = os.environ.get(cfg.llm.api_key_env)
+    judge = cfg.groundedness.judge
+    judge_api_key = os.environ.get(judge.api_key_env) if judge is not None else None
     resolved = cfg.model_copy(update={"inference_log": cfg.inference_log.model_copy(
         update={"path": cfg.inference_log.path or default_root()})})
     return RagGateway.options(
         name="rag-gateway", ray_actor_options={"num_cpus": cfg.gateway_num_cpus},
         max_ongoing_requests=2 * limits.max_concurrent_requests + 8,  # the excess reaches us and gets a 429
-    ).bind(resolved.model_dump(), retriever, engine, keys.hashed, api_key, uri)
+    ).bind(resolved.model_dump(), retriever, engine, keys.hashed, api_key, uri, judge_api_key=judge_api_key)
 
 
 def endpoints(cfg: RagServeConfig) -> list[str]:

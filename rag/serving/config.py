@@ -18,7 +18,7 @@ from fabric.runtime import RuntimeConfig
 from fabric.serve.config import AuthConfig, InferenceLogConfig
 from llm.serving.config import TransformersEngineConfig
 
-__all__ = ["RagGroundedness", "RagIndex", "RagLLM", "RagLimits", "RagPrompt", "RagServeConfig"]
+__all__ = ["RagGroundedness", "RagIndex", "RagJudge", "RagLLM", "RagLimits", "RagPrompt", "RagServeConfig"]
 
 FILTER_KEYS = ("doc_id", "source", "title", "chunk_id", "commit", "uri")  # rag.index.FILTER_FIELDS
 
@@ -76,13 +76,33 @@ class RagLLM(FabricConfig):
         return not self.url
 
 
+class RagJudge(FabricConfig):
+    """The LLM judge's endpoint (rag.judge: Evidently's faithfulness judge at an OpenAI-compatible API)."""
+
+    url: str = Field(..., min_length=1, pattern=r"^https?://", description="Base URL of the judge's "
+                     "OpenAI-compatible API (a vLLM endpoint: http://host:8000/v1).")
+    model: str = Field(..., min_length=1, description="The model name the judge endpoint serves.")
+    api_key_env: str = Field("FABRIC_JUDGE_API_KEY", min_length=1, description="The environment variable holding "
+                             "the judge endpoint's API key (read when the app is built; unset: the key EMPTY).")
+
+
 class RagGroundedness(FabricConfig):
     """How every answer is scored (rag.groundedness)."""
 
     scorer: str = Field("default", min_length=1, description="Scorer name in rag.groundedness's registry: "
-                        "default, lexical, nli.")
+                        "default, lexical, nli, judge (judge needs `judge`).")
     judge_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of answers also scored by the `judge` "
-                                     "scorer, off the request path (metrics and log only).")
+                                     "scorer, off the request path (metrics and log only); above 0 needs `judge`.")
+    judge: RagJudge | None = Field(None, description="The judge scorer's endpoint; none: no judge.")
+
+    @model_validator(mode="after")
+    def _judge_configured(self) -> RagGroundedness:
+        if self.judge is None and (self.judge_sample_rate > 0 or self.scorer == "judge"):
+            why, other = ((f"judge_sample_rate is {self.judge_sample_rate}", "judge_sample_rate=0")
+                          if self.judge_sample_rate > 0 else ("scorer is judge", "another scorer"))
+            raise ValueError(f"{why} but no judge endpoint is configured: set groundedness.judge.url and "
+                             f"groundedness.judge.model (an OpenAI-compatible API), or {other}")
+        return self
 
 
 class RagLimits(FabricConfig):
