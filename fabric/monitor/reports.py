@@ -65,12 +65,13 @@ def log_to_mlflow(result: Any) -> str:
     """
     import mlflow
 
+    experiment = experiment_id()  # sets up the configured tracking store before the client reads it
     client = mlflow.MlflowClient()
     tags = {"fabric.model": result.model, "fabric.model_version": result.version,
             "fabric.data.commit": result.reference_commit, "fabric.data.uri": result.reference_uri,
             "fabric.monitor.window": ", ".join(f"{k}={v}" for k, v in result.window.items()),
             "fabric.monitor.dataset_drift": str(result.dataset_drift).lower()}
-    run = client.create_run(experiment_id(), tags=tags, run_name=f"monitor-{result.model}-v{result.version}")
+    run = client.create_run(experiment, tags=tags, run_name=f"monitor-{result.model}-v{result.version}")
     metrics = {"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns), "rows": result.rows,
                "labelled_rows": result.labelled_rows, "reference_rows": result.reference_rows}
     if result.prediction_drift and result.prediction_drift.get("score") is not None:
