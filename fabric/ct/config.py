@@ -161,6 +161,30 @@ class CTConfig(WorkloadConfig):
     gate: GateConfig = Field(default_factory=GateConfig, description="How the challenger is judged.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Release through the serving app.")
     triggers: TriggersConfig = Field(default_factory=TriggersConfig, description="Schedule and watched data branch.")
+    ingest: list[str] = Field(
+        default_factory=list, description="ingest_docs configs (configs/rag/python_docs.yaml) re-run as the run's "
+        "first step, so the RAG indexes the model's app retrieves from follow their documents' newest commit; each "
+        "is a no-op when that commit's collection is already live. Empty: no ingest step.",
+    )
+
+    def ingest_configs(self) -> list[Any]:
+        """The ingestion settings of each ``ingest`` entry, run on this pipeline's runtime.
+
+        Raises:
+            ConfigError: an ingest config is missing or wrong; the message names the file and the field.
+        """
+        from rag.ingest import IngestSettings
+
+        configs = []
+        for path in self.ingest:
+            data = load_yaml(path)
+            data.pop("workload", None)
+            data.pop("runtime", None)
+            try:
+                configs.append(IngestSettings.from_dict(data, source=f"{path} (ingest)"))
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}\n  (ingest of pipeline {self.name})") from None
+        return configs
 
     def training_config(self, data_uri: str | None = None) -> Any:
         """The tabular (or tuning) config the challenger trains with, on ``data_uri`` when given.

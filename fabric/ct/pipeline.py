@@ -31,9 +31,10 @@ from fabric.ct.state import TERMINAL, Context, CTError, Skip, list_runs, lock, n
 
 __all__ = ["CTError", "pipeline_status", "run_pipeline"]
 
-STEP_FUNCTIONS = {"snapshot": steps.snapshot, "validate": steps.validate, "train": steps.train, "tune": steps.train,
-                  "evaluate": steps.evaluate, "register": steps.register, "gate": release.gate,
-                  "canary": release.canary, "observe": release.observe, "finish": release.finish}
+STEP_FUNCTIONS = {"ingest": steps.ingest, "snapshot": steps.snapshot, "validate": steps.validate,
+                  "train": steps.train, "tune": steps.train, "evaluate": steps.evaluate, "register": steps.register,
+                  "gate": release.gate, "canary": release.canary, "observe": release.observe,
+                  "finish": release.finish}
 KILL_AFTER = "FABRIC_CT_KILL_AFTER"
 
 
@@ -60,6 +61,7 @@ def run_pipeline(cfg: Any, trigger: str = "manual", reason: str | None = None, r
     _ensure_tracking(cfg)
     try:
         cfg.training_config()
+        cfg.ingest_configs()
     except ConfigError as exc:
         raise CTError(str(exc)) from None
     with lock(cfg.name):

@@ -78,9 +78,10 @@ def pipelines_root() -> Path:
     return fabric_home() / "ct"
 
 
-def step_names(tune: bool) -> list[str]:
-    return ["snapshot", "validate", "tune" if tune else "train", "evaluate", "register", "gate", "canary", "observe",
-            "finish"]
+def step_names(tune: bool, ingest: bool = False) -> list[str]:
+    first = ["ingest"] if ingest else []
+    return [*first, "snapshot", "validate", "tune" if tune else "train", "evaluate", "register", "gate", "canary",
+            "observe", "finish"]
 
 
 def new_state(cfg: Any, trigger: str, reason: str | None, reference: str | None) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def new_state(cfg: Any, trigger: str, reason: str | None, reference: str | None)
         "champion_after": None, "challenger": None, "scores": {}, "error": None, "attempts": 0,
         "steps": [{"name": name, "state": "pending", "inputs": {}, "outputs": {}, "evidence": "", "started": None,
                    "ended": None, "seconds": None, "error": None, "mlflow_run_id": None}
-                  for name in step_names(cfg.tune)],
+                  for name in step_names(cfg.tune, bool(cfg.ingest))],
     }
 
 

@@ -1,4 +1,5 @@
-"""The pipeline's data and model steps: snapshot, validate, train (or tune), evaluate, register.
+"""The pipeline's data and model steps: ingest (when configured), snapshot, validate, train (or tune), evaluate,
+register.
 
 Each step takes a :class:`~fabric.ct.state.Context`, records its inputs first, and returns a
 :class:`~fabric.ct.state.StepResult`. Each is safe to run again after a kill: the snapshot reuses the commit it
@@ -15,7 +16,7 @@ from typing import Any
 
 from fabric.ct.state import Context, CTError, Skip, StepResult
 
-__all__ = ["RUN_TAG", "champion_of", "evaluate", "register", "snapshot", "train", "validate"]
+__all__ = ["RUN_TAG", "champion_of", "evaluate", "ingest", "register", "snapshot", "train", "validate"]
 
 RUN_TAG, PIPELINE_TAG, LOG_UNTIL = "fabric.ct.run_id", "fabric.ct.pipeline", "fabric.ct.log_until"
 HOLDOUT = "holdout.parquet"
@@ -31,6 +32,22 @@ def champion_of(model: str) -> Any:
     except MlflowException:
         raise CTError(f"model {model!r} has no champion to retrain: train and register one first (fabric run "
                       "train_tabular ...), or fix `model:` in the pipeline config") from None
+
+
+def ingest(ctx: Context) -> StepResult:
+    """Re-runs each configured ingest_docs config (``rag.ingest.ingest``): a documents branch with a new commit gets
+    that commit's collection built and its alias moved; an unchanged one is a no-op. A killed build is finished by
+    the resumed step, as by the next ``fabric run ingest_docs``."""
+    from rag.ingest import ingest as ingest_docs
+
+    settings = ctx.cfg.ingest_configs()
+    ctx.record_inputs("ingest", configs=list(ctx.cfg.ingest), uris=[s.uri for s in settings])
+    results = [ingest_docs(s, runtime=ctx.cfg.runtime) for s in settings]
+    outputs = {r["alias"]: {"commit": r["commit"], "collection": r["collection"], "built": not r["skipped"]}
+               for r in results}
+    evidence = "; ".join(f"{r['alias']} -> {r['collection']}" + (" (already live)" if r["skipped"] else
+                                                                  f" ({r['chunks']} chunks, new)") for r in results)
+    return StepResult(outputs={"indexes": outputs}, evidence=evidence)
 
 
 def snapshot(ctx: Context) -> StepResult:

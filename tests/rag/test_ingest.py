@@ -117,6 +117,35 @@ def test_a_new_commit_moves_the_alias_while_queries_see_old_or_new_never_a_mix(f
     assert hit.doc_id == "pass" and "platypus" in hit.text
 
 
+def test_the_ct_pipelines_ingest_step_builds_a_new_commit_once(first, tmp_path):
+    """``ingest:`` in a continuous-training config: the run's first step re-ingests the documents' branch."""
+    import yaml
+
+    from fabric.config import ConfigError
+    from fabric.ct.config import CTConfig
+    from fabric.ct.state import Context, new_state
+    from fabric.ct.steps import ingest as ingest_step
+
+    path = tmp_path / "docs.yaml"
+    path.write_text(yaml.safe_dump({"workload": "ingest_docs", "uri": URI, "alias": ALIAS, "doc_ids": PAGES,
+                                    "actors": 0, "batch_size": 8}))
+    cfg = CTConfig.from_dict({"name": "docs-ct", "model": "unused", "train_config": "configs/tabular/train.yaml",
+                              "ingest": [str(path)]})
+    state = new_state(cfg, "manual", None, None)
+    assert [s["name"] for s in state["steps"]][:2] == ["ingest", "snapshot"]
+    ctx = Context(cfg=cfg, state=state, folder=Path(state["folder"]))
+    new_commit = commit_version("A version the pipeline ingests.")
+    built = ingest_step(ctx).outputs["indexes"][ALIAS]
+    assert built["built"] is True and built["commit"] == new_commit and store().live(ALIAS) == built["collection"]
+    assert ctx.step("ingest")["inputs"]["uris"] == [URI]
+    again = ingest_step(ctx)
+    assert again.outputs["indexes"][ALIAS] == {**built, "built": False} and "already live" in again.evidence
+
+    path.write_text(yaml.safe_dump({"uri": URI, "chunk_tokens": 64, "overlap_tokens": 40}))
+    with pytest.raises(ConfigError, match=r"overlap_tokens(.|\n)*ingest of pipeline docs-ct"):
+        cfg.ingest_configs()
+
+
 @pytest.mark.slow
 def test_an_ingestion_killed_midway_leaves_the_alias_and_the_next_run_finishes_it(first, cli_env):
     """Through the CLI: killed (SIGKILL, the whole process group) after its first progress line; then the
