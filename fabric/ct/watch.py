@@ -1,10 +1,11 @@
-"""The triggers nobody pulls by hand: a schedule, and new commits on a watched data branch.
+"""The triggers nobody pulls by hand: a schedule, new commits on a watched data branch, and new commits on the
+documents' branches of the pipeline's ``ingest`` configs (the run's first step re-ingests them).
 
 ``fabric ct watch --config FILE`` checks them every ``triggers.poll_s`` seconds and runs the pipeline in its
 process when one is due (a killed run is continued first). It is a loop, not a scheduler service: run it under
 whatever keeps processes alive (systemd, a Kubernetes Deployment, a Ray job). The branch head it last acted on is
-kept in ``FABRIC_HOME/ct/NAME/watch.json``; the first check only records it, so starting the watcher does not
-retrain on data that was already there.
+kept in ``FABRIC_HOME/ct/NAME/watch.json`` (the documents' heads beside it); the first check only records them, so
+starting the watcher does not retrain on data that was already there.
 
 Example:
     >>> due(cfg)          # what would run now, or None
@@ -42,6 +43,9 @@ def due(cfg: Any, now: float | None = None) -> dict[str, Any] | None:
         elif seen["head"] != head:
             pinned = str(data.DataURI.parse(cfg.triggers.data_branch).at(head))
             return {"trigger": f"data:{head[:12]}", "reference": pinned, "head": head}
+    docs = _docs_due(cfg)
+    if docs:
+        return docs
     if cfg.triggers.schedule_s:
         last = max((datetime.fromisoformat(r["created"]).timestamp() for r in runs), default=None)
         if last is None or (now or time.time()) - last >= cfg.triggers.schedule_s:
@@ -56,15 +60,17 @@ def watch(cfg: Any, once: bool = False) -> list[dict[str, Any]]:
     """
     from fabric.ct.pipeline import run_pipeline
 
-    if not (cfg.triggers.schedule_s or cfg.triggers.data_branch):
-        raise CTError(f"pipeline {cfg.name} has no triggers to watch: set triggers.schedule_s or "
-                      "triggers.data_branch in its config")
+    if not (cfg.triggers.schedule_s or cfg.triggers.data_branch or cfg.ingest):
+        raise CTError(f"pipeline {cfg.name} has no triggers to watch: set triggers.schedule_s, "
+                      "triggers.data_branch or ingest in its config")
     results = []
     while True:
         job = due(cfg)
         if job:
             if job["head"]:
                 remember(cfg.name, job["head"])  # acted on, whatever the run's outcome: no retrigger loop
+            if job.get("docs"):
+                remember_docs(cfg.name, job["docs"])
             print(f"[ct] watch: {cfg.name} is due ({job['trigger']})", flush=True)
             try:
                 results.append(run_pipeline(cfg, trigger=job["trigger"], reference=job["reference"]))
@@ -81,6 +87,37 @@ def remember(name: str, head: str) -> None:
     path = pipelines_root() / name / WATCH_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({**_seen(name), "head": head, "seen_at": time.time()}))
+
+
+def remember_docs(name: str, heads: dict[str, str]) -> None:
+    """Records the documents' branch heads (URI -> commit) as handled."""
+    path = pipelines_root() / name / WATCH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen = _seen(name)
+    atomic_write(path, json.dumps({**seen, "docs": {**seen.get("docs", {}), **heads}, "seen_at": time.time()}))
+
+
+def _docs_due(cfg: Any) -> dict[str, Any] | None:
+    """A run when an ``ingest`` config's documents branch has a commit the watcher has not acted on."""
+    from fabric import data
+
+    if not cfg.ingest:
+        return None
+    store, heads = data.open_store(cfg.runtime), {}
+    for settings in cfg.ingest_configs():
+        try:
+            heads[settings.uri] = data.resolve(settings.uri, store=store)
+        except data.NotFoundError:  # nothing there yet: the first run's ingest step seeds it
+            continue
+    seen = _seen(cfg.name).get("docs", {})
+    first = {uri: head for uri, head in heads.items() if uri not in seen}
+    if first:
+        remember_docs(cfg.name, first)
+    moved = {uri: head for uri, head in heads.items() if uri in seen and seen[uri] != head}
+    if not moved:
+        return None
+    return {"trigger": "docs:" + ",".join(head[:12] for head in moved.values()), "reference": None, "head": None,
+            "docs": moved}
 
 
 def _seen(name: str) -> dict[str, Any]:

@@ -146,6 +146,27 @@ def test_the_ct_pipelines_ingest_step_builds_a_new_commit_once(first, tmp_path):
         cfg.ingest_configs()
 
 
+def test_the_ct_watcher_is_due_on_a_new_commit_of_the_documents_branch(first, tmp_path):
+    """``fabric ct watch``: the first look records the documents' head; a new commit makes a run due, once."""
+    import yaml
+
+    from fabric.ct.config import CTConfig
+    from fabric.ct.watch import due, remember_docs
+
+    path = tmp_path / "docs.yaml"
+    path.write_text(yaml.safe_dump({"uri": URI, "alias": ALIAS, "doc_ids": PAGES}))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"uri": "lakefs://not-yet/main/pages.parquet", "alias": "not-yet"}))
+    cfg = CTConfig.from_dict({"name": "docs-watch", "model": "unused", "train_config": "configs/tabular/train.yaml",
+                              "ingest": [str(path), str(missing)]})  # a branch with nothing yet is not watched
+    assert due(cfg) is None and due(cfg) is None  # the first look only records the head
+    head = commit_version("A version the watcher notices.")
+    job = due(cfg)
+    assert job == {"trigger": f"docs:{head[:12]}", "reference": None, "head": None, "docs": {URI: head}}
+    remember_docs(cfg.name, job["docs"])  # what watch() does before it runs the pipeline
+    assert due(cfg) is None
+
+
 @pytest.mark.slow
 def test_an_ingestion_killed_midway_leaves_the_alias_and_the_next_run_finishes_it(first, cli_env):
     """Through the CLI: killed (SIGKILL, the whole process group) after its first progress line; then the
