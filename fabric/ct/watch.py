@@ -84,17 +84,19 @@ def watch(cfg: Any, once: bool = False) -> list[dict[str, Any]]:
 
 def remember(name: str, head: str) -> None:
     """Records the watched branch's head as handled."""
-    path = pipelines_root() / name / WATCH_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({**_seen(name), "head": head, "seen_at": time.time()}))
+    _record(name, head=head)
 
 
 def remember_docs(name: str, heads: dict[str, str]) -> None:
     """Records the documents' branch heads (URI -> commit) as handled."""
+    _record(name, docs={**_seen(name).get("docs", {}), **heads})
+
+
+def _record(name: str, **changes: Any) -> None:
+    """Rewrites ``watch.json`` with ``changes`` over what it held."""
     path = pipelines_root() / name / WATCH_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    seen = _seen(name)
-    atomic_write(path, json.dumps({**seen, "docs": {**seen.get("docs", {}), **heads}, "seen_at": time.time()}))
+    atomic_write(path, json.dumps({**_seen(name), **changes, "seen_at": time.time()}))
 
 
 def _docs_due(cfg: Any) -> dict[str, Any] | None:
