@@ -35,9 +35,9 @@ def run(story: Story, quick: bool) -> dict[str, Any]:
     epochs, n_before, n_after, observe_s = SIZES["quick" if quick else "full"]
     frame, commit = story.step("data", "versioned dataset", _data)
     champion = story.step("champion", "train and register the champion", _champion, epochs)
-    keys = {"predict": secrets.token_urlsafe(16), "admin": secrets.token_urlsafe(16)}
+    keys = {role: secrets.token_urlsafe(16) for role in ("predict", "label", "admin")}
     url = story.step("serve", "serve the champion", _serve, keys)
-    _traffic(story, url, keys["predict"], frame, n_before, n_after)
+    _traffic(story, url, keys, frame, n_before, n_after)
     monitor_spec, check = story.step("monitor", "drift check on the new device's window", _monitor, n_after)
     alive = threading.Event()
     feeder = threading.Thread(target=_keep_sending, args=(url, keys["predict"], frame, alive), daemon=True)
@@ -103,18 +103,18 @@ def _serve(story: Story, keys: dict[str, str]) -> str:
     cfg = ServeConfig.from_yaml(ROOT / "configs" / "serve" / "tabular.yaml",
                                 [f"port={port}", "inference_log.flush_s=0.5", "monitor=null"])
     # The demo runs the monitor itself, step by step, instead of the app's schedule (monitor=null above).
-    url = story.quietly(run_app, build_app, cfg, f"{keys['predict']}:predict,{keys['admin']}:admin")
+    url = story.quietly(run_app, build_app, cfg, ",".join(f"{key}:{role}" for role, key in keys.items()))
     story.evidence(f"{url} ({MODEL}@champion, API keys on, inference log on)")
     return url
 
 
-def _traffic(story: Story, url: str, key: str, frame: Any, n_before: int, n_after: int) -> None:
+def _traffic(story: Story, url: str, keys: dict[str, str], frame: Any, n_before: int, n_after: int) -> None:
     from fabric.demo.traffic import post_labels, production_rows, send, shifted_columns
 
     def batch(shifted: bool, n: int, seed: int, prefix: str) -> str:
         rows, labels = production_rows(frame, n, seed=seed, shifted=shifted)
-        ids = send(url, key, rows, MODEL, prefix)
-        accepted = post_labels(url, key, MODEL, ids, labels)
+        ids = send(url, keys["predict"], rows, MODEL, prefix)
+        accepted = post_labels(url, keys["label"], MODEL, ids, labels)  # the lab's key: labels, no predictions
         return f"{len(ids)} requests answered; {accepted} biopsy results (labels) arrived later"
 
     story.step("traffic", "patients from the usual devices", lambda s: s.evidence(batch(False, n_before, 1, "usual")))

@@ -353,9 +353,9 @@ class Gateway:
 
     @api.post("/v2/models/{name}/labels")
     async def labels(self, name: str, request: Request) -> JSONResponse:
-        """Late ground truth: ``{"labels": [{"request_id": ..., "label": ..., "row": 0}, ...]}``."""
+        """Late ground truth: ``{"labels": [{"request_id": ..., "label": ..., "row": 0}, ...]}``; a ``label`` key."""
         async def work(_: str) -> Any:
-            self._authorize(request, "predict")
+            self._authorize(request, "label")
             info = await self._info(name)
             body = await self._json(request)
             if not isinstance(body, dict) or not isinstance(body.get("labels"), list) or not body["labels"]:

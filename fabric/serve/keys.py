@@ -2,7 +2,8 @@
 
 Keys come from ``FABRIC_API_KEYS`` (``KEY:ROLE[:NAME][,...]``) and optionally a keys file of the same entries, one
 per line, where a key may be given already hashed as ``sha256:HEX:ROLE[:NAME]`` (so the file need not hold secrets).
-Roles: ``predict`` (inference) and ``admin`` (rollouts, reloads, and inference). ``NAME`` is who the key belongs to,
+Roles: ``predict`` (inference), ``label`` (late labels, logged groundedness scores; no inference) and ``admin``
+(rollouts, reloads, and what the other roles may do). ``NAME`` is who the key belongs to,
 the actor the audit trail records for what the key does; without one the name is ``ROLE-key:`` and the first 8 hex
 digits of the key's SHA-256 (``admin-key:1a2b3c4d``), which identifies the key without revealing it.
 """
@@ -18,7 +19,7 @@ from fabric.config import ConfigError
 
 __all__ = ["ROLES", "KeyError_", "Keyring", "hash_key"]
 
-ROLES = ("predict", "admin")
+ROLES = ("predict", "label", "admin")
 ENV = "FABRIC_API_KEYS"
 
 
@@ -79,6 +80,8 @@ class Keyring:
 
     @staticmethod
     def allows(role: str | None, needed: str) -> bool:
+        """Whether a key of ``role`` may call what needs ``needed``: ``admin`` includes every role, the others only
+        themselves."""
         return role == "admin" or role == needed
 
 

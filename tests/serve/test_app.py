@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 MODEL = "served-bc"
 SKLEARN, CUSTOM = "served-sklearn", "served-custom"  # MLflow models fabric did not train, served by alias
 TOTALS = "served-totals"  # one more, logged without a signature, that answers with a dict
-PREDICT_KEY, ADMIN_KEY = "test-predict-key", "test-admin-key"
+PREDICT_KEY, ADMIN_KEY, LABEL_KEY = "test-predict-key", "test-admin-key", "test-label-key"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def server(ray_session, tmp_path_factory):
                                              "num_replicas": 2},
                                             *({"name": n, "placement": "gateway", "num_cpus": 0.05}
                                               for n in (SKLEARN, CUSTOM, TOTALS))]})
-    url = run_serve_app(build_app, cfg, f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
+    url = run_serve_app(build_app, cfg, f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin,{LABEL_KEY}:label")
     try:
         yield {"url": url, "frame": frame, "log_root": log_root, "v1": v1, "v2": v2, "broken": broken,
                "pyfunc": {v: mlflow.pyfunc.load_model(f"models:/{MODEL}/{v}") for v in (v1, v2)},
@@ -318,10 +318,12 @@ def test_every_prediction_is_logged_and_late_labels_join_by_request_id(server):
     answer = _post(server, "/invocations", {"dataframe_records": rows.to_dict(orient="records")},
                    headers={"x-request-id": "log-test-1"})
     assert answer.status_code == 200
-    labelled = _post(server, f"/v2/models/{MODEL}/labels", {"labels": [
-        {"request_id": "log-test-1", "row": 0, "label": 1}, {"request_id": "log-test-1", "row": 1, "label": 0}]})
+    labels = {"labels": [{"request_id": "log-test-1", "row": 0, "label": 1},
+                         {"request_id": "log-test-1", "row": 1, "label": 0}]}
+    assert _post(server, f"/v2/models/{MODEL}/labels", labels).status_code == 403  # a predict key may not label
+    labelled = _post(server, f"/v2/models/{MODEL}/labels", labels, key=LABEL_KEY)
     assert labelled.status_code == 200 and labelled.json() == {"accepted": 2}
-    assert _post(server, f"/v2/models/{MODEL}/labels", {"labels": [{"label": 1}]}).status_code == 422
+    assert _post(server, f"/v2/models/{MODEL}/labels", {"labels": [{"label": 1}]}, key=LABEL_KEY).status_code == 422
     deadline = time.monotonic() + 30
     while True:
         log = read_log(MODEL, root=server["log_root"])

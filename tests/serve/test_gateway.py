@@ -19,7 +19,7 @@ from starlette.requests import Request
 from fabric.serve.gateway import Gateway
 from fabric.serve.keys import hash_key
 
-ADMIN, PREDICT = "admin-secret", "predict-secret"
+ADMIN, PREDICT, LABEL = "admin-secret", "predict-secret", "label-secret"
 GatewayClass = next(c for c in Gateway.func_or_class.__mro__[1:] if c.__name__ == "Gateway")
 FEATURES = {"1": ["a", "b"], "2": ["b", "a", "c"], "3": ["a", "b", "z"], "4": ["a", "b"], "5": ["a", "b"]}
 
@@ -69,7 +69,7 @@ class Recorder:
 def gateway(live: str = "1", saved: dict | None = None, **limits: int) -> Any:
     model = FakeModel(live)
     g = GatewayClass({"m": model}, {"m": "champion"}, "http://registry.invalid", {hash_key(ADMIN): "admin",
-                     hash_key(PREDICT): "predict"}, True, 100_000, key_names={hash_key(ADMIN): "alice"},
+                     hash_key(PREDICT): "predict", hash_key(LABEL): "label"}, True, 100_000, key_names={hash_key(ADMIN): "alice"},
                      limits=limits or None)
     g.requests, g.latency, g.model = Recorder(), Recorder(), model
     g.traffic.registry_state = lambda name, alias: (model.live, saved)
@@ -178,6 +178,17 @@ def test_versions_infer_needs_an_admin_key():
     assert status == 403 and "admin" in payload["error"]
     status, payload = answer(run(g.model_invocations("m", request(body, key=ADMIN))))
     assert status == 200
+
+
+def test_labels_need_a_label_key_which_may_not_predict(fabric_home):
+    g = gateway()
+    body = {"labels": [{"request_id": "r1", "label": 1}]}
+    status, payload = answer(run(g.labels("m", request(body, key=PREDICT))))
+    assert status == 403 and "this endpoint needs 'label'" in payload["error"]
+    for key in (LABEL, ADMIN):
+        assert answer(run(g.labels("m", request(body, key=key)))) == (200, {"accepted": 1})
+    status, payload = answer(run(g.model_invocations("m", request(records(a=1.0, b=2.0), key=LABEL))))
+    assert status == 403 and "this endpoint needs 'predict'" in payload["error"]
 
 
 def test_requests_are_parsed_against_the_features_of_the_version_that_answers(audit):

@@ -76,6 +76,8 @@ def test_keys_are_kept_hashed_with_roles(tmp_path):
     assert ring.role("user-secret") == "predict" and ring.role("ops-secret") == "admin"
     assert ring.role("wrong") is None and ring.role(None) is None
     assert Keyring.allows("admin", "predict") and not Keyring.allows("predict", "admin")
+    assert Keyring.allows("admin", "label") and not Keyring.allows("label", "predict")
+    assert not Keyring.allows("predict", "label") and Keyring.load(None, env="k:label:ann").role("k") == "label"
     with pytest.raises(KeyError_, match="entry 1") as caught:
         Keyring.load(None, env="user-secret:root")
     assert "user-secret" not in str(caught.value)

@@ -75,7 +75,7 @@ def checks(ray_session, tmp_path_factory):
     cfg = ServeConfig.from_dict({"name": "monitor-serve", "port": port,
                                  "inference_log": {"path": log_root, "flush_s": 0.5},
                                  "models": [{"name": MODEL, "reload_interval_s": 3600, "num_cpus": 0.1}]})
-    url = run_serve_app(build_app, cfg, "key:predict")
+    url = run_serve_app(build_app, cfg, "key:predict,label-key:label")
     try:
         order = np.random.default_rng(7).permutation(len(frame))
         features = frame.drop(columns=["label"])
@@ -87,7 +87,7 @@ def checks(ray_session, tmp_path_factory):
             body = {"labels": [{"request_id": ids[i // 25], "row": i % 25, "label": int(truth[i] ^ flip)}
                                for i in range(100)]}
             assert requests.post(f"{url}/v2/models/{MODEL}/labels", json=body, timeout=30,
-                                 headers={"Authorization": "Bearer key"}).status_code == 200
+                                 headers={"Authorization": "Bearer label-key"}).status_code == 200
             time.sleep(0.01)
         log = _logged(log_root, 300)
         calm_result = check(MODEL, last=300, log_root=log_root)
