@@ -199,13 +199,14 @@ def _score(scorer: Any, items: list[Item], batch_size: int) -> tuple[list[float]
 
 
 def _forget_contexts() -> None:
-    """Empties rag.lexical's per-process cache of analysed contexts (nli reads it too), so that no scorer is timed
-    on contexts a scorer before it already analysed."""
+    """Empties rag.lexical's per-process caches of analysed contexts and sentences (nli reads them too), so that no
+    scorer is timed on contexts a scorer before it already analysed."""
     import rag.lexical
 
-    cached = getattr(rag.lexical, "_context", None)
-    if hasattr(cached, "cache_clear"):
-        cached.cache_clear()
+    for name in ("_context", "_analyse"):
+        cached = getattr(rag.lexical, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def evaluate(scorers: Mapping[str, Any], sets: Mapping[str, Sequence[Item]], batch_size: int = 64) -> dict[str, Any]:
