@@ -1,5 +1,6 @@
-r"""Evaluate the groundedness scorers on held-out labelled pairs, domain by domain, against a naive overlap
-baseline, all logged to one MLflow run.
+r"""Evaluate the groundedness scorers on held-out labelled pairs by domain, against a naive overlap baseline.
+
+Run it so (the figures and the table go to one MLflow run):
 
     fabric run prepare_groundedness --config configs/rag/groundedness_data.yaml     # once: the labelled pairs
     fabric run evaluate_groundedness --config configs/rag/evaluate_groundedness.yaml
