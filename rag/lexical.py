@@ -20,6 +20,10 @@ context," dropped). Against that window it measures:
 - ``negation``: 1 when the claim negates ("not", "never", "cannot", "n't", ...) what the window states plainly,
   or the other way round.
 
+A window sentence led by a pronoun ("It assigns ...", "They were ...") is read with the subject of the sentence
+before it in place of the pronoun, so a claim that joins the two ("The walrus operator was introduced by PEP 572.
+It assigns ..." -> "The walrus operator assigns ...") keeps its word pairs and its values where the context has them.
+
 These combine into a raw score (:data:`WEIGHTS`), which a logistic calibration (:data:`CALIBRATION`, fitted by
 :func:`calibrate` / :func:`fit_calibration`) maps to [0, 1] so that 0.5 is the decision threshold. A claim sharing
 no content word with any context scores 0; a sentence with no content word at all (only stopwords) is not judged.
@@ -83,6 +87,8 @@ able unable nothing nobody nowhere neither something anything everything someone
 don doesn didn isn aren wasn weren haven hasn hadn won wouldn couldn shouldn mustn needn ca
 """.split())
 
+_PRONOUNS = frozenset({"it", "they", "he", "she"})  # a sentence led by one is about the previous one's subject
+_DETERMINERS = frozenset("a an the its their this these that those each every all some any".split())
 _NEGATIONS = frozenset({"not", "no", "never", "cannot", "nothing", "nobody", "nowhere", "neither", "nor"})
 
 _WRITTEN = {w: str(n) for n, w in enumerate(
@@ -239,9 +245,68 @@ def _negated(seq: list[str], cues: list[int]) -> tuple[tuple[int, str | None, st
 
 
 @lru_cache(maxsize=4096)
-def _context(text: str) -> tuple[tuple[int, int, _Text], ...]:
-    """A context's sentences with their spans, analysed once per process (retrieved chunks repeat)."""
-    return tuple((start, end, _analyse(text[start:end])) for start, end in split_sentences(text))
+def _context(text: str) -> tuple[tuple[int, int, _Text, _Text], ...]:
+    """A context's sentences with their spans, analysed once per process (retrieved chunks repeat): each sentence
+    as written and as read after the sentence before it (the two differ only for a pronoun-led one, see
+    :func:`_pronoun_led`)."""
+    out, subject, previous = [], None, None
+    for start, end in split_sentences(text):
+        sentence = text[start:end]
+        analysed, rest = _analyse(sentence), _pronoun_led(sentence)
+        if rest is None:
+            out.append((start, end, analysed, analysed))
+            subject, previous = None, sentence  # the subject is found only when a pronoun needs it
+            continue
+        if subject is None and previous is not None:
+            subject = _subject(previous)  # kept for a second pronoun-led sentence in a row
+        previous = None
+        out.append((start, end, analysed, _analyse(f"{subject} {rest}") if subject else analysed))
+    return tuple(out)
+
+
+def _pronoun_led(sentence: str) -> str | None:
+    """What follows the pronoun of a sentence led by one ("It assigns ...", "They were ..."), else None.
+
+    Such a sentence is read with the previous sentence's subject in the pronoun's place. A claim often joins the
+    subject named in one sentence to what the next says of it ("The walrus operator was added by PEP 572. It
+    assigns ..." -> "The walrus operator assigns ..."); read as written, the claim's subject sits next to words of
+    another sentence, so its word pairs, the neighbours of its names and numbers, and the sentence it seems to take
+    its values from all look like a swap, and the claim scored as low as one with a wrong name.
+    """
+    match = _TOKEN.match(sentence)
+    if match is None or match.group(2) is None or match.group(0).lower() not in _PRONOUNS:
+        return None
+    return sentence[match.end():].lstrip()
+
+
+def _subject(sentence: str) -> str | None:
+    """The words a pronoun leading the next sentence most likely stands for: the sentence's first run of content
+    words (after any leading stopwords; "and"/"or" may join two), ending before the next other stopword, before a
+    word that looks like its verb (one ending in "ed", or in "s" with a determiner after it), or at four words:
+    "walrus operator" in "The walrus operator was introduced by PEP 572", "PEP 572" in "PEP 572 introduced
+    assignment expressions", "NumPy and SciPy" in "NumPy and SciPy are ...". A heuristic, not a parser: a run one
+    word too long still gives the pairs that matter, since pairs one word apart count."""
+    matches = list(_TOKEN.finditer(sentence))
+    run: list[re.Match] = []
+    for k, match in enumerate(matches):
+        raw = match.group(2)
+        kind = _word(raw, match.group(3) is not None)[1] if raw is not None else "number"
+        if kind == "stop":
+            if run and (raw.lower() not in ("and", "or") or k + 1 == len(matches)):
+                break
+            continue
+        if run and kind == "word" and _verb_like(raw.lower(), matches[k + 1].group(0).lower()
+                                                 if k + 1 < len(matches) else ""):
+            break
+        run.append(match)
+        if len(run) == 4:
+            break
+    return sentence[run[0].start():run[-1].end()] if run else None
+
+
+def _verb_like(lower: str, following: str) -> bool:
+    return (len(lower) >= 5 and lower.endswith("ed")) or (
+        lower.endswith("s") and not lower.endswith(("ss", "us", "is")) and following in _DETERMINERS)
 
 
 @dataclass(frozen=True)
@@ -286,7 +351,7 @@ def best_window(sentence: str, contexts: Sequence[str], max_sentences: int = MAX
     best, best_key = None, (0, 0)
     for index, text in enumerate(contexts):
         sentences = _context(text)
-        hits = [claim.content & analysed.content for _, _, analysed in sentences]
+        hits = [claim.content & analysed.content for _, _, analysed, _ in sentences]
         for first in range(len(sentences)):
             if not hits[first]:
                 continue
@@ -302,29 +367,46 @@ def best_window(sentence: str, contexts: Sequence[str], max_sentences: int = MAX
         return None
     index, first, last = best
     window = _context(contexts[index])[first:last + 1]
-    features = _features(claim, [analysed for _, _, analysed in window])
-    features["detached"] = float(_detached(claim, [analysed for _, _, analysed in window]))
-    return Window(index, (window[0][0], window[-1][1]), (first, last), features)
+    return Window(index, (window[0][0], window[-1][1]), (first, last), _window_features(claim, window))
+
+
+def _window_features(claim: _Text, window: Sequence[tuple[int, int, _Text, _Text]]) -> dict[str, float]:
+    """The features of a claim against a window of :func:`_context` entries. A pronoun-led sentence after the
+    window's first is read with the previous sentence's subject for word pairs and for :func:`_detached`; counts
+    of numbers, names and negations come from the sentences as written (a subject read twice is not said twice)."""
+    written = [analysed for _, _, analysed, _ in window]
+    read = written[:1] + [resolved for _, _, _, resolved in window[1:]]
+    features = _features(claim, written, read)
+    features["detached"] = float(_detached(claim, read))
+    return features
 
 
 def _detached(claim: _Text, window: list[_Text]) -> bool:
     """Whether the claim takes a sentence of the window but swaps one of its numbers or names for one found only
     in a neighbouring sentence ("the nonlocal statement has the same scope ..." where the sentence says "global"
-    and only the next one mentions nonlocal). A claim that joins two sentences takes words from both, not only a
-    value, and keeps the values of its main sentence."""
+    and only the next one mentions nonlocal): the value taken stands where the sentence has one the claim drops,
+    next to the same word. A claim that joins two sentences takes words from both, not only a value, and keeps
+    the values of its main sentence (or, as the subject of a pronoun-led sentence, has the window read it there)."""
     if len(window) < 2:
         return False
     hits = [claim.content & s.content for s in window]
     main = max(range(len(window)), key=lambda i: len(hits[i]))
     added = frozenset().union(*hits) - hits[main]
-    anchors = {claim.seq[i] for i in claim.anchors}
-    dropped = {window[main].seq[i] for i in window[main].anchors} - claim.content
-    return bool(added) and added <= anchors and bool(dropped)
+    if not added or not added <= {claim.seq[i] for i in claim.anchors}:
+        return False
+    seq = window[main].seq
+    places = {place for i in window[main].anchors if seq[i] not in claim.content for place in _places(seq, i)}
+    return any(place in places for i in claim.anchors if claim.seq[i] in added for place in _places(claim.seq, i))
 
 
-def _features(claim: _Text, window: list[_Text]) -> dict[str, float]:
+def _places(seq: tuple[str, ...], i: int) -> list[tuple[str, int]]:
+    """Where token ``i`` stands: its neighbours, each with its side (-1 before, +1 after)."""
+    return [(seq[j], j - i) for j in (i - 1, i + 1) if 0 <= j < len(seq)]
+
+
+def _features(claim: _Text, window: list[_Text], read: list[_Text] | None = None) -> dict[str, float]:
     content = frozenset().union(*(s.content for s in window))
-    pairs = frozenset().union(*(s.pairs for s in window))
+    pairs = frozenset().union(*(s.pairs for s in window + (read or [])))
     words = frozenset().union(*(s.words for s in window))
     numbers = Counter(n for s in window for n in s.numbers)
     claim_pairs = list(zip(claim.seq, claim.seq[1:], strict=False))
