@@ -280,3 +280,59 @@ def test_a_pronoun_is_read_as_the_subject_of_the_sentence_just_before_it():
     # a window that starts at the pronoun-led sentence does not know the subject: it is read as written
     alone = lexical.best_window("It compares a subject.", ["Unrelated words here. It compares a subject."])
     assert alone.sentences == (1, 1) and alone.features["coverage"] == 1.0
+
+
+LADDER = ("Alpha beta gamma. Delta epsilon zeta. Eta theta iota. The walrus operator assigns values. Kappa lambda mu. "
+          "Nu xi omicron. Pi rho sigma.")  # the claim's sentence is the fourth (5 words), the others 3 words each
+
+
+def test_candidate_windows_start_with_best_windows_choice_and_keep_its_features():
+    contexts = _contexts(0)
+    for claim in (CASES[0][1], CASES[0][2], TWO_SENTENCE_CASES[0][1]):
+        ctx = contexts if claim in CASES[0] else [TWO_SENTENCE_CASES[0][0]]
+        best = lexical.best_window(claim, ctx)
+        first = lexical.candidate_windows(claim, ctx)[0]
+        assert (first.context, first.core, first.features) == (best.context, best.sentences, best.features)
+        assert best.core is None and first.span[0] <= best.span[0] and first.span[1] >= best.span[1]
+    assert len(lexical.candidate_windows(CASES[0][1], contexts, k=1)) == 1
+    assert len(lexical.candidate_windows(CASES[0][1], contexts, k=3)) == 3
+
+
+@pytest.mark.parametrize(("max_words", "sentences"), [
+    (5, (3, 3)),  # the core alone
+    (8, (2, 3)),  # first the sentence before
+    (11, (2, 4)),  # then the one after
+    (14, (1, 4)),
+    (17, (1, 5)),
+    (100, (0, 6)),
+    (2, (3, 3)),  # a core longer than the budget is kept whole
+])
+def test_candidate_windows_widen_before_then_after_within_the_word_budget(max_words, sentences):
+    (window,) = lexical.candidate_windows("The walrus operator assigns values.", [LADDER], k=2, max_words=max_words)
+    assert window.core == (3, 3) and window.sentences == sentences
+    assert len(window.text([LADDER]).split()) <= max(max_words, 5)
+    assert window.features == lexical.best_window("The walrus operator assigns values.", [LADDER]).features
+
+
+def test_candidate_windows_stop_a_side_at_a_sentence_that_does_not_fit():
+    context = LADDER.replace("Eta theta iota.", "Eta theta iota kappa lambda mu nu xi omicron pi.")
+    (window,) = lexical.candidate_windows("The walrus operator assigns values.", [context], max_words=11)
+    assert window.sentences == (3, 5)  # the long sentence before stops that side (nothing beyond it is taken);
+    # the side after goes on while it fits
+
+
+def test_candidate_windows_are_distinct_and_empty_when_nothing_is_shared():
+    twice = "The walrus operator assigns values. " + LADDER[:LADDER.index(" The walrus")] + " Walrus operators differ."
+    claim = "The walrus operator assigns values."
+    windows = lexical.candidate_windows(claim, [twice, LADDER], k=3, max_words=6)
+    assert [(w.context, w.core) for w in windows] == [(0, (0, 0)), (1, (3, 3)), (0, (4, 4))]
+    spans = sorted((w.context, w.sentences) for w in windows)
+    assert all(a[0] != b[0] or a[1][1] < b[1][0] for a, b in zip(spans, spans[1:], strict=False))
+    # widened over the whole context, the first leaves nothing else there: the second comes from another context
+    windows = lexical.candidate_windows(claim, [twice, LADDER], k=2, max_words=100)
+    assert [(w.context, w.sentences) for w in windows] == [(0, (0, 4)), (1, (0, 6))]
+    assert lexical.candidate_windows(claim, [twice], k=2, max_words=100)[0].sentences == (0, 4)
+    assert len(lexical.candidate_windows(claim, [twice], k=2, max_words=100)) == 1
+    assert lexical.candidate_windows("Completely different vocabulary.", [LADDER]) == []
+    assert lexical.candidate_windows(claim, []) == []
+    assert lexical.candidate_windows("The and of.", [LADDER]) == []
