@@ -336,3 +336,41 @@ def test_candidate_windows_are_distinct_and_empty_when_nothing_is_shared():
     assert lexical.candidate_windows("Completely different vocabulary.", [LADDER]) == []
     assert lexical.candidate_windows(claim, []) == []
     assert lexical.candidate_windows("The and of.", [LADDER]) == []
+
+
+def test_fit_calibration_with_a_knee_gives_two_slopes_and_weights_count():
+    raws = [-2.0, -1.0, 0.0, 0.3, 0.6, 0.9, 1.2, 1.5] * 10
+    labels = [0, 1, 0, 1, 0, 1, 1, 1] * 10
+    slope, intercept, knee, above = lexical.fit_calibration(raws, labels, knee=0.5)
+    assert knee == 0.5 and above > slope and above > 0
+    calibration = (slope, intercept, knee, above)
+    scores = [lexical._calibrated(r, calibration) for r in (-2.0, 0.0, 0.5, 1.0, 1.5)]
+    assert scores == sorted(scores) and scores[-1] > 0.5 > scores[0]
+    heavier = lexical.fit_calibration(raws, labels, knee=0.5, sample_weight=[3.0 if y else 1.0 for y in labels])
+    assert heavier[1] > intercept  # supported pairs weighing more move the scores up
+    with pytest.raises(ValueError, match="one label per"):
+        lexical.fit_calibration([0.1, 0.2], [0, 1], sample_weight=[1.0])
+
+
+def test_fit_real_calibration_reads_only_the_fitting_splits():
+    import pandas as pd
+
+    rows = []
+    for i, (page, supported, changed, _) in enumerate(CASES):
+        context, source = _passage(page, ANCHORS[i]), "ab"[i % 2]
+        rows += [(source, supported, context, 1, "train"), (source, changed, context, 0, "calibration")]
+    pairs = pd.DataFrame(rows, columns=["source", "claim", "context", "label", "split"])
+    fitted = lexical.fit_real_calibration(pairs)
+    assert len(fitted) == 4 and fitted[3] > 0
+    held_out = pairs.assign(split="held_out", label=1 - pairs["label"])  # wrong on purpose: must not count
+    assert lexical.fit_real_calibration(pd.concat([pairs, held_out])) == pytest.approx(fitted)
+    scorer = lexical.LexicalScorer(calibration=fitted)
+    assert scorer.support(CASES[0][1], [_passage("with", ANCHORS[0])])[0] > 0.5
+    assert scorer.support(CASES[0][2], [_passage("with", ANCHORS[0])])[0] < 0.5
+
+
+@pytest.mark.slow
+def test_calibration_is_what_fit_real_calibration_gives_on_the_labelled_pairs():
+    labelled = pytest.importorskip("rag.labelled")
+    fitted = lexical.fit_real_calibration(labelled.build_pairs(seed=0))
+    assert fitted == pytest.approx(lexical.CALIBRATION, abs=1e-3)
