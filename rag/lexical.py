@@ -26,8 +26,8 @@ It assigns ..." -> "The walrus operator assigns ...") keeps its word pairs and i
 
 These combine into a raw score (:data:`WEIGHTS`), which a logistic calibration (:data:`CALIBRATION`, fitted on
 human-labelled pairs by :func:`fit_real_calibration`; :func:`calibrate` fits one on rag.claims' pairs) maps to
-[0, 1] so that 0.5 is the decision threshold. A claim sharing
-no content word with any context scores 0; a sentence with no content word at all (only stopwords) is not judged.
+[0, 1] so that 0.5 is the decision threshold. A claim sharing no content word with any context scores 0; a
+sentence with no content word at all (only stopwords) is not judged.
 Speed, per second of one CPU: about 300-400 3-sentence answers against 5 new contexts of 200 words, about 1,500
 when the contexts were seen before (contexts are analysed once and cached; retrieved chunks repeat).
 :func:`candidate_windows` gives a cross-encoder the best few windows, widened to whole sentences around them
