@@ -95,6 +95,7 @@ class Hit:
     end: int
     commit: str
     score: float
+    uri: str = ""  #: the document set's data URI at ``commit`` (empty for collections ingested without one)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +103,7 @@ class Hit:
     @classmethod
     def from_payload(cls, payload: dict[str, Any], score: float) -> Hit:
         return cls(**{k: payload[k] for k in ("chunk_id", "doc_id", "title", "source", "text", "start", "end",
-                                              "commit")}, score=float(score))
+                                              "commit")}, score=float(score), uri=str(payload.get("uri") or ""))
 
 
 def check_alias(alias: str) -> str:

@@ -11,8 +11,10 @@ The RAG gateway logs one row per answer into the inference log the classical mod
 
 and ``fabric monitor check python-docs-rag --config configs/monitor/rag.yaml`` fires the spec's rules on it:
 ``groundedness_below`` (the window's mean score of answered questions under X) and ``ungrounded_share_above``
-(the share of answers scoring under 0.5, each scorer's decision threshold, over Y). Questions the corpus does not
-cover get no LLM answer and no score; they are counted (``not_covered``), not averaged.
+(the share of answers scoring under 0.5, each scorer's decision threshold, over Y) and ``guardrail_share_above``
+(the share of scored answers the grounding guardrail flagged, refused or quoted, over Z; ``guardrail`` counts each
+action). Questions the corpus does not cover get no LLM answer and no score; they are counted (``not_covered``),
+not averaged. Rows of ``/rag/retrieve`` (no answer) are counted as ``retrievals`` and left out of the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from fabric.monitor import MonitorConfig, MonitorError
 
 __all__ = ["OUTPUTS", "GroundednessCheck", "check", "is_rag_log", "latest_version"]
 
-OUTPUTS = ["query", "answer", "groundedness", "covered", "scorer", "chunk_ids"]
+OUTPUTS = ["query", "answer", "groundedness", "covered", "scorer", "chunk_ids", "guardrail"]
+GUARDED = ("flag", "refuse", "quote")  # the guardrail's actions on an answer below its threshold
 THRESHOLD = 0.5  # every scorer is calibrated so that 0.5 is its decision threshold
 WORST = 5
 
@@ -51,6 +54,9 @@ class GroundednessCheck:
     html_path: str
     json_path: str
     mlflow_run_id: str | None
+    guardrail: dict[str, int] = dataclasses.field(default_factory=dict)  #: scored answers per guardrail action
+    guardrail_share: float | None = None  #: share of scored answers flagged, refused or quoted
+    retrievals: int = 0  #: /rag/retrieve rows in the window (no answer; not in the figures above)
     labelled_rows: int = 0  #: RAG answers carry no labels (the too_few_labels rule never applies)
     kind: str = "rag"
 
@@ -101,21 +107,27 @@ def check(model: str, *, version: str | None = None, last: int | None = None, si
     window = read_window(model, version, [], OUTPUTS, last=cfg.last,
                          since=cfg.since, max_rows=cfg.max_rows, seed=cfg.seed, root=log_root, now=at)
     where = f"last {cfg.last} answers" if cfg.last is not None else f"the last {cfg.since}"
-    if window.rows < cfg.min_rows:
-        raise MonitorError(f"{model} at data commit {version[:12]}: {window.rows} logged answers in the window "
-                           f"({where}); a check needs at least {cfg.min_rows} (min_rows)")
     frame = window.current
+    retrieval = (frame["answer"].fillna("") == "") & frame["groundedness"].isna()
+    frame = frame[~retrieval]
+    if len(frame) < cfg.min_rows:
+        raise MonitorError(f"{model} at data commit {version[:12]}: {len(frame)} logged answers in the window "
+                           f"({where}); a check needs at least {cfg.min_rows} (min_rows)")
     scored = frame[frame["groundedness"].notna()]
+    actions = scored["guardrail"].fillna("").astype(str)
+    guarded = {a: int((actions == a).sum()) for a in GUARDED if (actions == a).any()}
     mean = float(scored["groundedness"].mean()) if len(scored) else None
     share = float((scored["groundedness"] < THRESHOLD).mean()) if len(scored) else None
     worst = scored.nsmallest(WORST, "groundedness")[["query", "answer", "groundedness"]].to_dict("records")
     snapshot = _report(frame, model, version, where, at)
     html, json_path = save_snapshot(snapshot, out_dir or report_dir(model), version[:12], at)
     result = GroundednessCheck(
-        model=model, version=version, time=at, rows=window.rows, answered=len(scored),
+        model=model, version=version, time=at, rows=len(frame), answered=len(scored),
         not_covered=int((~frame["covered"].astype(bool)).sum()), mean_groundedness=mean, ungrounded_share=share,
         scorers={str(k): int(v) for k, v in scored["scorer"].value_counts().items()}, worst=worst,
-        window=window.spec, html_path=html, json_path=json_path, mlflow_run_id=None)
+        window=window.spec, html_path=html, json_path=json_path, mlflow_run_id=None, guardrail=guarded,
+        guardrail_share=sum(guarded.values()) / len(scored) if len(scored) else None,
+        retrievals=int(retrieval.sum()))
     if log_to_mlflow:
         result.mlflow_run_id = _log_to_mlflow(result)
     return result
@@ -158,7 +170,8 @@ def _log_to_mlflow(result: GroundednessCheck) -> str:
             "fabric.monitor.window": ", ".join(f"{k}={v}" for k, v in result.window.items())}
     run = client.create_run(experiment, tags=tags, run_name=f"monitor-{result.model}-{result.version[:12]}")
     figures = {"rows": result.rows, "answered": result.answered, "not_covered": result.not_covered,
-               "mean_groundedness": result.mean_groundedness, "ungrounded_share": result.ungrounded_share}
+               "mean_groundedness": result.mean_groundedness, "ungrounded_share": result.ungrounded_share,
+               "guardrail_share": result.guardrail_share}
     stamp = int(result.time * 1000)
     client.log_batch(run.info.run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, 0)
                                                for k, v in figures.items() if v is not None])

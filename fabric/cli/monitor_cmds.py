@@ -175,7 +175,9 @@ def _describe_rag(result: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     lines = [_headline(result), f"mean groundedness {share(result.mean_groundedness)}, share under 0.5 "
-             f"{share(result.ungrounded_share)} (scorers: {', '.join(f'{k} {v}' for k, v in result.scorers.items())})"]
+             f"{share(result.ungrounded_share)} (scorers: {', '.join(f'{k} {v}' for k, v in result.scorers.items())})",
+             f"guardrail acted on {share(result.guardrail_share)} "
+             f"({', '.join(f'{n} {a}' for a, n in result.guardrail.items()) or 'none'})"]
     if result.worst:
         lines += ["", "lowest-scored answers:"]
         lines += [f"  {w['groundedness']:.3f}  {w['query'][:60]!r} -> {w['answer'][:80]!r}" for w in result.worst]

@@ -57,7 +57,7 @@ __all__ = ["AlertRule", "CTAction", "MonitorSpec", "WebhookConfig", "alerts_dir"
 
 log = logging.getLogger("fabric.monitor")
 Condition = Literal["drift_share_above", "column_drifted", "quality_below", "error_rate_above", "too_few_labels",
-                    "groundedness_below", "ungrounded_share_above"]
+                    "groundedness_below", "ungrounded_share_above", "guardrail_share_above"]
 Action = Literal["log", "webhook", "ct"]
 
 
@@ -70,7 +70,9 @@ class AlertRule(FabricConfig):
                             "(threshold: share of 5xx answers since the last check; serving app only), "
                             "too_few_labels (threshold: labelled rows needed in the window); for a RAG app: "
                             "groundedness_below (threshold: the window's mean groundedness of answered questions), "
-                            "ungrounded_share_above (threshold: share of answers scoring under 0.5).")
+                            "ungrounded_share_above (threshold: share of answers scoring under 0.5), "
+                            "guardrail_share_above (threshold: share of answers the guardrail flagged, refused or "
+                            "quoted).")
     threshold: float | None = Field(None, ge=0, description="The limit the figure is compared with.")
     column: str | None = Field(None, description="column_drifted: the feature to watch.")
     metric: str | None = Field(None, description="quality_below: accuracy, f1, precision, recall, roc_auc, r2, ...")
@@ -82,11 +84,12 @@ class AlertRule(FabricConfig):
         needed = {"drift_share_above": ["threshold"], "column_drifted": ["column"],
                   "quality_below": ["metric", "threshold"], "error_rate_above": ["threshold"],
                   "too_few_labels": ["threshold"], "groundedness_below": ["threshold"],
-                  "ungrounded_share_above": ["threshold"]}[self.when]
+                  "ungrounded_share_above": ["threshold"], "guardrail_share_above": ["threshold"]}[self.when]
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
             raise ValueError(f"rule {self.name!r} ({self.when}) needs {' and '.join(missing)}")
-        shares = ("drift_share_above", "error_rate_above", "groundedness_below", "ungrounded_share_above")
+        shares = ("drift_share_above", "error_rate_above", "groundedness_below", "ungrounded_share_above",
+                  "guardrail_share_above")
         if self.when in shares and self.threshold > 1:
             raise ValueError(f"rule {self.name!r}: threshold is a share between 0 and 1, got {self.threshold}")
         return self
@@ -170,6 +173,11 @@ def evaluate(rule: AlertRule, result: Any, error_rate: float | None = None) -> d
         value = getattr(result, "ungrounded_share", None)
         if value is not None and value > rule.threshold:
             return {"ungrounded_share": value, "threshold": rule.threshold, "answered": result.answered}
+    elif rule.when == "guardrail_share_above":
+        value = getattr(result, "guardrail_share", None)
+        if value is not None and value > rule.threshold:
+            return {"guardrail_share": value, "threshold": rule.threshold, "answered": result.answered,
+                    "guardrail": dict(result.guardrail)}
     elif getattr(result, "kind", "model") == "model" and result.labelled_rows < rule.threshold:
         return {"labelled_rows": result.labelled_rows, "rows": result.rows, "threshold": rule.threshold}
     return None
@@ -245,6 +253,10 @@ def _message(rule: AlertRule, result: Any, figures: dict[str, Any]) -> str:
     if rule.when == "ungrounded_share_above":
         return (f"{subject}: {figures['ungrounded_share']:.0%} of {figures['answered']} answers are not supported "
                 f"by their sources (limit {rule.threshold:.0%})")
+    if rule.when == "guardrail_share_above":
+        actions = ", ".join(f"{n} {a}" for a, n in figures["guardrail"].items())
+        return (f"{subject}: the grounding guardrail acted on {figures['guardrail_share']:.0%} of "
+                f"{figures['answered']} answers ({actions}; limit {rule.threshold:.0%})")
     return f"{subject}: {figures['labelled_rows']} of {figures['rows']} rows labelled; rules need {rule.threshold:g}"
 
 

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 __all__ = ["DEFAULT_TEMPLATE", "NOT_COVERED", "citations", "complete_sentences", "mark_answer", "numbered_context",
-           "sources_footer"]
+           "retrieved", "sources_footer"]
 
 DEFAULT_TEMPLATE = [
     {"role": "system", "content": (
@@ -79,6 +79,13 @@ def citations(used: list[dict[str, Any]], detail: Any | None) -> list[dict[str, 
                       "supports_answer": supported and spans[n][0] >= 0.5,
                       "chunk_start": hit["start"], "chunk_end": hit["end"]})
     return cited
+
+
+def retrieved(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``POST /rag/retrieve``'s citations: as :func:`citations` without an answer (the quote is each chunk's
+    opening), each with the chunk's whole ``text``, its data ``commit`` and ``uri``."""
+    return [{**cited, "text": hit["text"], "commit": hit["commit"], "uri": hit.get("uri") or ""}
+            for cited, hit in zip(citations(hits, None), hits, strict=True)]
 
 
 def mark_answer(answer: str, detail: Any | None) -> str:

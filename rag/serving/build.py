@@ -127,6 +127,7 @@ def endpoints(cfg: RagServeConfig) -> list[str]:
     llm = f"the LLM at {cfg.llm.url} ({cfg.llm.model})" if cfg.llm.url else f"embedded {cfg.llm.model}"
     return [f"serving {cfg.model} (index alias {cfg.index.alias}, {llm}) as application {cfg.name!r}:",
             f"  {base}/rag/query  answers with citations and groundedness (POST {{\"query\": ...}})",
+            f"  {base}/rag/retrieve  citations only;  {base}/rag/score  groundedness of any answer",
             f"  {base}/v1/chat/completions  {base}/v1/models  (OpenAI API, model=\"{cfg.model}\")",
             f"  {base}/health"]
 

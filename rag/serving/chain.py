@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, V
 from llm.serving.openai_protocol import ApiError
 from rag.serving.answer import NOT_COVERED, citations, mark_answer, numbered_context
 from rag.serving.config import RagGroundedness, RagIndex, RagLimits, RagPrompt
+from rag.serving.guardrail import decide, passed, redacted
 
-__all__ = ["Question", "RagChain", "RagQuery", "parse_query"]
+__all__ = ["Question", "RagChain", "RagQuery", "ScoreRequest", "parse_query"]
 
 log = logging.getLogger("ray.serve")
 _TYPES = {"str", "int", "float", "bool"}
 _VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RagQuery(BaseModel):
@@ -41,6 +43,16 @@ class RagQuery(BaseModel):
     temperature: StrictFloat | StrictInt | None = None
 
 
+class ScoreRequest(BaseModel):
+    """The body of ``POST /rag/score``: an answer produced elsewhere and the contexts it was given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: StrictStr
+    contexts: list[StrictStr]
+    question: StrictStr | None = None
+
+
 @dataclass
 class Question:
     """One request's question and settings, checked against the limits."""
@@ -53,8 +65,10 @@ class Question:
     temperature: float
 
 
-def parse_query(body: bytes) -> RagQuery:
-    """The request of a raw /rag/query body: 422 for bad JSON, an unknown field or a wrong type, naming it."""
+def parse_query(body: bytes, model: type[BaseModel] = RagQuery) -> Any:
+    """The request of a raw /rag/query (or /rag/retrieve, or with ``model=ScoreRequest`` /rag/score) body: 422
+    for bad JSON, an unknown field or a wrong type, naming it; 400 for text with a lone surrogate (which no
+    tokenizer can encode), naming the field."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -62,12 +76,29 @@ def parse_query(body: bytes) -> RagQuery:
     if not isinstance(data, dict):
         raise ApiError('body must be a JSON object such as {"query": "How does a with statement work?"}', 422)
     try:
-        return RagQuery.model_validate(data)
+        request = model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         # a union's member type shows up in the location (filters.doc_id.str): keep only the field path
         param = ".".join(str(p) for p in first["loc"] if str(p) not in _TYPES and "[" not in str(p)) or None
         raise ApiError(f"{param}: {first['msg']}; got {first.get('input')!r:.100}", 422, param) from None
+    _no_surrogates(request.model_dump())
+    return request
+
+
+def _no_surrogates(value: Any, path: str = "") -> None:
+    """400 naming the field when a string holds a lone surrogate (JSON's "\\ud800" decodes to one)."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ApiError(f"{path}: text with a lone surrogate (an unpaired \\ud800-\\udfff escape) cannot be "
+                           "encoded; send valid UTF-16 pairs or UTF-8", 400, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_surrogates(key, f"{path}.{key}".lstrip("."))
+            _no_surrogates(item, f"{path}.{key}".lstrip("."))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _no_surrogates(item, f"{path}.{i}")
 
 
 class RagChain:
@@ -88,6 +119,7 @@ class RagChain:
         limits = self.limits
         if not query.strip():
             raise ApiError("query: empty; ask a question", 400, "query")
+        _no_surrogates(query, "query")
         if len(query) > limits.max_query_chars:
             raise ApiError(f"query: {len(query)} characters, over this server's limit of {limits.max_query_chars}",
                            400, "query")
@@ -175,20 +207,29 @@ class RagChain:
             log.exception("fabric rag: scoring with %r failed", self.grounding.scorer)
             return None
 
-    @staticmethod
-    def result(answer: str, used: list[dict[str, Any]], detail: Any, retrieved: dict[str, Any],
+    def result(self, answer: str, used: list[dict[str, Any]], detail: Any, retrieved: dict[str, Any],
                request_id: str) -> dict[str, Any]:
-        """What ``POST /rag/query`` answers."""
-        covered = bool(used)
-        return {"answer": mark_answer(answer, detail) if covered else answer,
-                "citations": citations(used, detail) if covered else [],
-                "groundedness": detail.to_dict() if detail is not None else None,
-                "commit": retrieved.get("commit"), "collection": retrieved.get("collection"),
-                "request_id": request_id}
+        """What ``POST /rag/query`` answers, the guardrail applied (:mod:`rag.serving.guardrail`). An answer it
+        replaced also carries ``_logged`` (its own text and full verdict, for the inference log only: the gateway
+        takes it out before anything is sent)."""
+        grounding, covered = self.grounding, bool(used)
+        grounded = detail.to_dict() if detail is not None else None
+        if not covered:
+            return {"answer": answer, "citations": [], "groundedness": grounded,
+                    "guardrail": passed(grounding.threshold), "commit": retrieved.get("commit"),
+                    "collection": retrieved.get("collection"), "request_id": request_id}
+        replacement, verdict = decide(detail, used, grounding.on_ungrounded, grounding.threshold)
+        result = {"answer": mark_answer(answer, detail) if replacement is None else replacement,
+                  "citations": citations(used, detail), "groundedness": grounded, "guardrail": verdict,
+                  "commit": retrieved.get("commit"), "collection": retrieved.get("collection"),
+                  "request_id": request_id}
+        if replacement is not None:
+            result["guardrail"], result["groundedness"] = redacted(verdict, grounded)
+            result["_logged"] = {"answer": answer, "guardrail": verdict}
+        return result
 
-    @staticmethod
-    def not_covered(retrieved: dict[str, Any], request_id: str) -> dict[str, Any]:
-        return RagChain.result(NOT_COVERED, [], None, retrieved, request_id)
+    def not_covered(self, retrieved: dict[str, Any], request_id: str) -> dict[str, Any]:
+        return self.result(NOT_COVERED, [], None, retrieved, request_id)
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -94,6 +94,13 @@ class RagGroundedness(FabricConfig):
     judge_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of answers also scored by the `judge` "
                                      "scorer, off the request path (metrics and log only); above 0 needs `judge`.")
     judge: RagJudge | None = Field(None, description="The judge scorer's endpoint; none: no judge.")
+    on_ungrounded: Literal["flag", "refuse", "quote"] = Field("flag", description="What an answer scoring below "
+                                                              "`threshold` gets: flag (served, marked in its "
+                                                              "`guardrail`), refuse (replaced by a refusal), quote "
+                                                              "(replaced by the sources' own supporting sentences). "
+                                                              "Refuse and quote stream only once scored.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Answers scoring below this are ungrounded for "
+                             "on_ungrounded (0.5 is every scorer's decision threshold).")
 
     @model_validator(mode="after")
     def _judge_configured(self) -> RagGroundedness:
@@ -140,7 +147,8 @@ class RagServeConfig(FabricConfig):
     llm: RagLLM = Field(default_factory=RagLLM, description="The generator.")
     groundedness: RagGroundedness = Field(default_factory=RagGroundedness, description="Answer scoring.")
     limits: RagLimits = Field(default_factory=RagLimits, description="Request and server limits.")
-    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (FABRIC_API_KEYS), role predict.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (FABRIC_API_KEYS), role predict; "
+                            "/rag/score logs the scores of keys whose role includes label.")
     inference_log: InferenceLogConfig = Field(default_factory=InferenceLogConfig, description="Every answer "
                                               "(query, chunk ids, answer, groundedness) into the inference log.")
     trace_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests traced to MLflow (RETRIEVER "

@@ -1,5 +1,7 @@
 """The RAG application's HTTP front: ``POST /rag/query``, OpenAI-compatible ``/v1/chat/completions`` (and its
-stream) and ``/v1/models``, ``GET /health``.
+stream) and ``/v1/models``, ``GET /health``; for clients that bring their own LLM ``POST /rag/retrieve`` (the
+citations, no generation) and ``POST /rag/score`` (any answer's groundedness and guardrail verdict; logged only for
+a key whose role includes ``label``). Every answer passes the grounding guardrail (:mod:`rag.serving.guardrail`).
 
 Errors: on ``/rag`` routes a JSON ``{"error": message, "param"}``, on ``/v1`` routes OpenAI's error shape (the
 ``openai`` client raises ``BadRequestError``, ``APIStatusError``...). 401/403 (API keys, role ``predict``), 404
@@ -28,13 +30,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from fabric.serve.access import authorize
 from fabric.serve.keys import Keyring
+from fabric.serve.protocols import RequestError
 from llm.serving import openai_protocol as oai
 from llm.serving.admission import Slot, authorize_predict, awaited, read_limited
 from llm.serving.openai_protocol import ApiError, ChatCompletionRequest
 from rag.serving.answer import NOT_COVERED, complete_sentences, sources_footer
-from rag.serving.chain import RagChain, parse_query
+from rag.serving.answer import retrieved as retrieved_citations
+from rag.serving.chain import RagChain, ScoreRequest, parse_query
 from rag.serving.config import RagServeConfig
+from rag.serving.guardrail import decide
 from rag.serving.telemetry import Telemetry, Timings
 
 __all__ = ["RagGateway"]
@@ -49,6 +55,18 @@ def _request_id(request: Request) -> str:
     """The id Serve's proxy gave the request (the client's own x-request-id when it sent one)."""
     given = request.headers.get("x-request-id", "")
     return given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+
+
+async def _whole(events: AsyncIterator[dict[str, Any]], event: dict[str, Any]) -> dict[str, Any]:
+    """The rest of a generator's stream after ``event``, as one event holding the whole text."""
+    parts = [event["text"]]
+    while not event["finish_reason"]:
+        try:
+            event = await events.__anext__()
+        except StopAsyncIteration:
+            event = {**event, "text": "", "finish_reason": "stop"}
+        parts.append(event["text"])
+    return {**event, "text": "".join(parts)}
 
 
 @serve.deployment
@@ -150,6 +168,77 @@ class RagGateway:
         self.telemetry.request("rag_query", 200)
         return JSONResponse(result)
 
+    @api.post("/rag/retrieve")
+    async def retrieve(self, request: Request) -> JSONResponse:
+        """Retrieval only, for clients that bring their own LLM: ``/rag/query``'s request, no generation; the
+        citations carry each chunk's whole ``text``."""
+        rid = _request_id(request)
+        try:
+            self._authorize(request)
+            body = parse_query(await self._body(request))
+            question = self.chain.question(body.query, body.top_k, body.filters, body.score_threshold,
+                                           body.max_tokens, body.temperature, self.cfg.llm.temperature)
+            slot = self._admit()
+            try:
+                timings = Timings()
+                found = await self.chain.retrieve(question, time.monotonic() + self.cfg.limits.request_timeout_s)
+                timings.retrieved = time.time_ns()
+            finally:
+                slot.release()
+        except ApiError as exc:
+            return self._error(exc, rid, openai=False, route="rag_retrieve")
+        except Exception as exc:
+            log.exception("fabric rag: request %s failed", rid)
+            return self._error(ApiError(f"internal error ({type(exc).__name__}); the server log has the details "
+                                        f"under request id {rid}", 500), rid, openai=False, route="rag_retrieve")
+        result = {"citations": retrieved_citations(found["hits"]), "commit": found.get("commit"),
+                  "collection": found.get("collection"), "request_id": rid,
+                  "timings_ms": {"retrieval": timings.ms(timings.start, timings.retrieved)}}
+        self.telemetry.retrieval(timings)
+        self.telemetry.record(rid, "rag_retrieve", question.query, {**result, "answer": "", "groundedness": None,
+                                                                    "guardrail": None})
+        self.telemetry.request("rag_retrieve", 200)
+        return JSONResponse(result)
+
+    @api.post("/rag/score")
+    async def score(self, request: Request) -> JSONResponse:
+        """The groundedness of an answer produced elsewhere (``{"answer", "contexts", "question"?}``) with the
+        configured scorer, and the guardrail's verdict on it. Only a key whose role includes ``label`` puts it into
+        the inference log (data commit ``external``) and the metrics (``"logged": true``)."""
+        rid = _request_id(request)
+        try:
+            logged = self._authorize_score(request)
+            body = parse_query(await self._body(request), ScoreRequest)
+            if len(body.contexts) > self.cfg.limits.max_top_k:
+                raise ApiError(f"contexts: {len(body.contexts)} given, over this server's limit of "
+                               f"{self.cfg.limits.max_top_k}", 400, "contexts")
+            slot = self._admit()
+            try:
+                timings = Timings()
+                detail = await self._score(body.answer, body.contexts)
+                timings.scored = time.time_ns()
+            finally:
+                slot.release()
+        except ApiError as exc:
+            return self._error(exc, rid, openai=False, route="rag_score")
+        except Exception as exc:
+            log.exception("fabric rag: request %s failed", rid)
+            return self._error(ApiError(f"internal error ({type(exc).__name__}); the server log has the details "
+                                        f"under request id {rid}", 500), rid, openai=False, route="rag_score")
+        grounding = self.cfg.groundedness
+        replacement, verdict = decide(detail, [{"text": c} for c in body.contexts], grounding.on_ungrounded,
+                                      grounding.threshold)
+        result = {**detail.to_dict(), "guardrail": verdict, "replacement": replacement, "logged": logged,
+                  "request_id": rid, "timings_ms": {"scoring": timings.ms(timings.start, timings.scored)}}
+        if logged:
+            self.telemetry.steps(Timings(), detail.score, detail.scorer)
+            self.telemetry.guarded(verdict["action"])
+            self.telemetry.record(rid, "rag_score", body.question or "", {
+                "answer": body.answer, "citations": [], "covered": bool(body.contexts),
+                "groundedness": detail.to_dict(), "guardrail": verdict, "commit": "external", "collection": ""})
+        self.telemetry.request("rag_score", 200)
+        return JSONResponse(result)
+
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
         rid = _request_id(request)
@@ -197,7 +286,7 @@ class RagGateway:
             retrieved = await self.chain.retrieve(question, deadline)
             timings.retrieved = time.time_ns()
             if not retrieved["hits"]:
-                result = self.chain.not_covered(retrieved, rid)
+                result, logged = self.chain.not_covered(retrieved, rid), None
             else:
                 messages, used = self.chain.messages(question, retrieved["hits"])
                 generated = await self.chain.generator.complete(messages, question.max_tokens, question.temperature,
@@ -208,6 +297,7 @@ class RagGateway:
                 detail = await self.chain.score(text, used)
                 timings.scored = time.time_ns()
                 result = self.chain.result(text, used, detail, retrieved, rid)
+                logged = result.pop("_logged", None)
                 result["_usage"] = {"prompt_tokens": generated.get("prompt_tokens", 0),
                                     "completion_tokens": generated.get("completion_tokens", 0)}
                 result["_finish"] = generated.get("finish_reason") or "stop"
@@ -215,21 +305,27 @@ class RagGateway:
         except ApiError as exc:
             self.telemetry.trace(rid, route, question.query, timings, retrieved, messages, text, None, exc.message)
             raise
-        self._recorded(rid, route, question.query, timings, retrieved, messages, result, detail)
+        self._recorded(rid, route, question.query, timings, retrieved, messages, result, logged)
         result["timings_ms"] = timings.steps()
         return result
 
     def _recorded(self, rid: str, route: str, query: str, timings: Timings, retrieved: Any, messages: Any,
-                  result: dict[str, Any], detail: Any) -> None:
+                  result: dict[str, Any], logged: dict[str, Any] | None) -> None:
+        """Metrics, trace and inference log row of an answer; ``logged`` (a replaced answer's own text and full
+        verdict) goes to the inference log only."""
         grounded = result["groundedness"] or {}
         self.telemetry.steps(timings, grounded.get("score"), grounded.get("scorer"))
+        if result["citations"]:
+            self.telemetry.guarded(result["guardrail"]["action"])
         self.telemetry.trace(rid, route, query, timings, retrieved, messages, result["answer"],
                              result["groundedness"])
-        self.telemetry.record(rid, route, query, result)
+        self.telemetry.record(rid, route, query, result, logged)
 
     async def _stream(self, req: Any, question: Any, rid: str, slot: Slot) -> StreamingResponse:
         """Retrieves and starts generating before the response starts (so a failure is a plain error status),
-        then streams the answer's text, the sources, and a last chunk with the ``rag`` field."""
+        then streams the answer's text, the sources, and a last chunk with the ``rag`` field. With
+        ``on_ungrounded`` refuse or quote the whole answer is generated first and scored before any of its text is
+        sent (the guardrail may replace it); with flag it streams as generated and the last chunk has the verdict."""
         deadline = time.monotonic() + self.cfg.limits.request_timeout_s
         timings = Timings()
         retrieved = await self.chain.retrieve(question, deadline)
@@ -240,6 +336,8 @@ class RagGateway:
             events = self.chain.generator.stream(messages, question.max_tokens, question.temperature, deadline)
             try:
                 first = await events.__anext__()
+                if self.cfg.groundedness.on_ungrounded != "flag":
+                    first = await _whole(events, first)
             except ApiError as exc:
                 self.telemetry.trace(rid, "chat_stream", question.query, timings, retrieved, messages, None, None,
                                      exc.message)
@@ -252,12 +350,16 @@ class RagGateway:
         model, cid = req.model, f"chatcmpl-{rid}"
         parts: list[str] = []
         event = first
+        buffered = events is not None and self.cfg.groundedness.on_ungrounded != "flag"  # first: the whole answer
         try:
             yield oai.sse(oai.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
             if events is None:
                 parts.append(NOT_COVERED)
                 yield oai.sse(oai.chat_chunk(cid, model, {"content": NOT_COVERED}))
                 event = {"finish_reason": "stop", "completion_tokens": 0, "prompt_tokens": 0}
+            elif buffered:
+                parts.append(complete_sentences(event["text"]) if event["finish_reason"] == "length" else
+                             event["text"])
             else:
                 while True:
                     if event["text"]:
@@ -272,6 +374,9 @@ class RagGateway:
             timings.scored = time.time_ns() if used else None
             result = self.chain.result(text, used, detail, retrieved, rid) if used else \
                 self.chain.not_covered(retrieved, rid)
+            logged = result.pop("_logged", None)
+            if buffered and result["answer"]:  # scored (and maybe replaced): now its text may leave
+                yield oai.sse(oai.chat_chunk(cid, model, {"content": result["answer"]}))
             footer = sources_footer(result["citations"])
             if footer:
                 yield oai.sse(oai.chat_chunk(cid, model, {"content": footer}))
@@ -282,7 +387,7 @@ class RagGateway:
                 counts = oai.usage(event.get("prompt_tokens", 0), event.get("completion_tokens", 0))
                 yield oai.sse(oai.chat_chunk(cid, model, None, counts=counts))
             yield oai.sse("[DONE]")
-            self._recorded(rid, "chat_stream", question.query, timings, retrieved, messages, result, detail)
+            self._recorded(rid, "chat_stream", question.query, timings, retrieved, messages, result, logged)
             self.telemetry.request("chat_stream", 200)
         except Exception as exc:  # headers are sent: the stream ends with an error event (the SDK raises it)
             error = exc if isinstance(exc, ApiError) else ApiError(f"the stream failed: {type(exc).__name__}", 500)
@@ -341,6 +446,27 @@ class RagGateway:
     def _authorize(self, request: Request) -> None:
         authorize_predict(self.keys, self.cfg.auth.required, request)
 
+    def _authorize_score(self, request: Request) -> bool:
+        """A key of role predict or label (or admin) may score; returns whether its role includes ``label``."""
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        labels = Keyring.allows(self.keys.role(key), "label")
+        try:
+            authorize(self.keys, self.cfg.auth.required, request, "label" if labels else "predict")
+        except RequestError as exc:
+            raise ApiError(str(exc), exc.status) from None
+        return labels
+
+    async def _score(self, answer: str, contexts: list[str]) -> Any:
+        """The configured scorer's detail of ``answer`` in ``contexts``; 503 when it fails."""
+        try:
+            scorer = self.chain.scorer or self.chain.load_scorer()
+            return (await asyncio.to_thread(scorer.detail_batch, [answer], [contexts]))[0]
+        except Exception as exc:
+            log.exception("fabric rag: scoring with %r failed", self.cfg.groundedness.scorer)
+            raise ApiError(f"the groundedness scorer {self.cfg.groundedness.scorer!r} failed "
+                           f"({type(exc).__name__}); retry later", 503) from None
+
     async def _body(self, request: Request) -> bytes:
         return await read_limited(request, self.cfg.limits.max_request_bytes)
 
@@ -352,4 +478,3 @@ class RagGateway:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         body = oai.error_body(exc) if openai else {"error": exc.message, "param": exc.param, "request_id": rid}
         return JSONResponse(body, status_code=exc.status, headers=headers)
-

@@ -2,11 +2,15 @@
 
 * Prometheus metrics (``ray.serve.metrics``, on each node's metrics endpoint): ``fabric_rag_requests`` (route,
   status), ``fabric_rag_retrieval_ms``, ``fabric_rag_generation_ms``, ``fabric_rag_scoring_ms``,
-  ``fabric_rag_groundedness`` (scorer) and ``fabric_rag_not_covered`` (questions nothing relevant was found for).
+  ``fabric_rag_groundedness`` (scorer), ``fabric_rag_not_covered`` (questions nothing relevant was found for)
+  and ``fabric_rag_guardrail`` (answers by the guardrail's action: none, flag, refuse, quote).
 * The inference log (:class:`fabric.serve.inference_log.InferenceLog`), model = the app's ``model`` name,
   version = the data commit, one row per answer: ``out.query``, ``out.chunk_ids`` (JSON list), ``out.answer``,
-  ``out.groundedness`` (NaN when nothing was retrieved), ``out.covered``, ``out.collection``, ``out.scorer``;
-  the monitor's rules (a windowed mean of ``groundedness`` below X, a share below 0.5 above Y) read it.
+  ``out.groundedness`` (NaN when nothing was retrieved), ``out.covered``, ``out.collection``, ``out.scorer``,
+  ``out.guardrail`` (the action; empty for ``/rag/retrieve``), ``out.unsupported`` (JSON list of the unsupported
+  sentences: text, start, end, score) and ``out.original_answer`` (the LLM's own answer when the guardrail
+  replaced it, which only this log keeps; else empty); the monitor's rules (a windowed mean of ``groundedness``
+  below X, a share below 0.5 above Y, a share of guarded answers above Z) read it.
 * MLflow traces: a CHAIN span per request with RETRIEVER, LLM and EVALUATOR spans under it, built after the answer
   from the recorded times on a background thread (a full queue drops traces rather than slow requests).
 """
@@ -49,14 +53,19 @@ class Timings:
                 "scoring": self.ms(self.generated, self.scored)}
 
 
-def answer_outputs(query: str, result: dict[str, Any]) -> dict[str, list[Any]]:
-    """The output columns of an answer's inference log row (what :mod:`rag.monitoring` reads back)."""
+def answer_outputs(query: str, result: dict[str, Any], logged: dict[str, Any] | None = None) -> dict[str, list[Any]]:
+    """The output columns of an answer's inference log row (what :mod:`rag.monitoring` reads back); ``logged`` is
+    what only the log gets of an answer the guardrail replaced (``{"answer": its own text, "guardrail": the full
+    verdict}``)."""
     detail = result.get("groundedness") or {}
     score = detail.get("score")
+    verdict = (logged or {}).get("guardrail") or result.get("guardrail") or {}
     return {"query": [query], "chunk_ids": [json.dumps([c["chunk_id"] for c in result["citations"]])],
             "answer": [result["answer"]], "groundedness": [math.nan if score is None else float(score)],
-            "covered": [bool(result["citations"])], "collection": [result.get("collection") or ""],
-            "scorer": [detail.get("scorer") or ""]}
+            "covered": [bool(result.get("covered", result["citations"]))],
+            "collection": [result.get("collection") or ""], "scorer": [detail.get("scorer") or ""],
+            "guardrail": [verdict.get("action") or ""], "unsupported": [json.dumps(verdict.get("unsupported") or [])],
+            "original_answer": [(logged or {}).get("answer") or ""]}
 
 
 class Telemetry:
@@ -76,6 +85,8 @@ class Telemetry:
                         for step in ("retrieval", "generation", "scoring")}
         self.groundedness = Histogram("fabric_rag_groundedness", description="Groundedness score of answers.",
                                       boundaries=SCORE_BOUNDARIES, tag_keys=("app", "scorer"))
+        self.guardrail = Counter("fabric_rag_guardrail", description="Answers by the grounding guardrail's action "
+                                 "(none, flag, refuse, quote).", tag_keys=("app", "action"))
         self.log = None
         if inference_log and inference_log.get("enabled"):
             from fabric.serve.inference_log import InferenceLog
@@ -104,13 +115,25 @@ class Telemetry:
         elif timings.generated is None:
             self._safely(self.not_covered.inc, tags=tags)
 
-    def record(self, request_id: str, endpoint: str, query: str, result: dict[str, Any]) -> None:
-        """One inference log row for an answer (``result`` as /rag/query returns it)."""
+    def retrieval(self, timings: Timings) -> None:
+        """Observes the retrieval latency of a request that only retrieves (``/rag/retrieve``)."""
+        ms = timings.ms(timings.start, timings.retrieved)
+        if ms is not None:
+            self._safely(self.latency["retrieval"].observe, ms, tags={"app": self.app})
+
+    def guarded(self, action: str) -> None:
+        """Counts an answer the guardrail judged, by its action."""
+        self._safely(self.guardrail.inc, tags={"app": self.app, "action": action})
+
+    def record(self, request_id: str, endpoint: str, query: str, result: dict[str, Any],
+               logged: dict[str, Any] | None = None) -> None:
+        """One inference log row for an answer (``result`` as /rag/query returns it, ``logged`` as for
+        :func:`answer_outputs`)."""
         if self.log is None:
             return
         try:
             self.log.add(request_id, self.model, str(result.get("commit") or "-"), endpoint, [], [[]],
-                         answer_outputs(query, result))
+                         answer_outputs(query, result, logged))
         except Exception as exc:  # the log never fails an answer
             log.warning("fabric rag: inference log skipped request %s: %s", request_id, exc)
 

@@ -80,7 +80,9 @@ def test_a_question_is_answered_with_citations_quoting_the_source_at_their_offse
     response, _ = answered
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"answer", "citations", "groundedness", "commit", "collection", "request_id", "timings_ms"}
+    assert set(body) == {"answer", "citations", "groundedness", "guardrail", "commit", "collection", "request_id",
+                         "timings_ms"}
+    assert body["guardrail"]["action"] == ("none" if body["groundedness"]["supported"] else "flag")  # the default
     assert all(body["timings_ms"][step] > 0 for step in ("retrieval", "generation", "scoring"))
     assert body["answer"].strip() and body["request_id"] == response.headers["x-request-id"]
     assert body["commit"] == apps["commit"] and body["collection"] == apps["collection"]
