@@ -81,15 +81,22 @@ def parse_query(body: bytes, model: type[BaseModel] = RagQuery) -> Any:
         first = exc.errors()[0]
         # a union's member type shows up in the location (filters.doc_id.str): keep only the field path
         param = ".".join(str(p) for p in first["loc"] if str(p) not in _TYPES and "[" not in str(p)) or None
+        param = _escaped(param) if param else None  # a field name may hold a surrogate too: JSON cannot carry it
         raise ApiError(f"{param}: {first['msg']}; got {first.get('input')!r:.100}", 422, param) from None
     _no_surrogates(request.model_dump())
     return request
+
+
+def _escaped(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX`` escapes (a response cannot encode them)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _no_surrogates(value: Any, path: str = "") -> None:
     """400 naming the field when a string holds a lone surrogate (JSON's "\\ud800" decodes to one)."""
     if isinstance(value, str):
         if _SURROGATE.search(value):
+            path = _escaped(path)
             raise ApiError(f"{path}: text with a lone surrogate (an unpaired \\ud800-\\udfff escape) cannot be "
                            "encoded; send valid UTF-16 pairs or UTF-8", 400, path)
     elif isinstance(value, dict):
@@ -130,6 +137,7 @@ class RagChain:
         if not 1 <= max_tokens <= limits.max_tokens:
             raise ApiError(f"max_tokens is {max_tokens}; it must be between 1 and this server's limit of "
                            f"{limits.max_tokens}", 400, "max_tokens")
+        _no_surrogates(filters or {}, "filters")
         for key in filters or {}:
             if key not in self.index.filters:
                 raise ApiError(f"filters.{key}: not a filterable key; filter on {', '.join(self.index.filters)}",

@@ -103,6 +103,23 @@ def test_the_guardrail_settings_are_checked_when_the_config_loads():
         RagServeConfig.from_dict({"groundedness": {"threshold": 1.5}})
 
 
+def test_lone_surrogates_anywhere_are_a_400_or_422_whose_message_can_be_sent():
+    from llm.serving.openai_protocol import ApiError
+    from rag.serving.chain import ScoreRequest, parse_query
+
+    cases = [(b'{"answer": "\\ud800", "contexts": []}', ScoreRequest, 400, "answer"),
+             (b'{"answer": "a", "contexts": [], "question": {"\\ud800": 1}}', ScoreRequest, 422, "question"),
+             (b'{"query": "q", "filters": {"\\udc00": "x"}}', None, 400, "filters.\\udc00")]
+    for raw, model, status, param in cases:
+        with pytest.raises(ApiError) as err:
+            parse_query(raw, model) if model else parse_query(raw)
+        assert (err.value.status, err.value.param) == (status, param)
+        err.value.message.encode("utf-8")  # no lone surrogate left to fail the response's encoding
+    with pytest.raises(ApiError) as err:
+        _chain().question("q", filters={"\ud800": "x"})  # the chat route's filters, parsed elsewhere
+    assert err.value.status == 400 and err.value.param == "filters.\\ud800"
+
+
 # -- through Serve ---------------------------------------------------------------------------------------------
 
 
@@ -214,6 +231,8 @@ def test_refuse_replaces_an_ungrounded_answer_before_any_token_is_streamed(guard
     out = _logged_row(guarded["log_root"], "guarded-refuse", body["request_id"])
     assert out["original_answer"] == original and out["answer"] == REFUSED
     client, model = _chat(url, "guarded-refuse", key="unused")
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": WRONG}])
+    assert reply.choices[0].message.content.startswith(REFUSED) and llm.answers[-1] not in reply.model_dump_json()
     content, rag, raw = _stream(client, model, WRONG)
     assert content.startswith(REFUSED + "\n\nSources:\n[1] ") and rag["guardrail"]["action"] == "refuse"
     assert llm.answers[-1] not in raw
@@ -228,6 +247,9 @@ def test_flag_serves_an_ungrounded_answer_and_marks_it_in_the_last_chunk(guarded
     original = llm.answers[-1]
     assert content.startswith(original) and rag["guardrail"]["action"] == "flag"
     assert rag["guardrail"]["unsupported"][0]["text"] in original and rag["guardrail"]["threshold"] == 0.5
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": WRONG}])
+    assert reply.choices[0].message.content.startswith(original) and \
+        reply.model_extra["rag"]["guardrail"]["action"] == "flag"
     body = _ask(url, WRONG, key=None)
     assert body["answer"] == llm.answers[-1] and body["guardrail"]["action"] == "flag"
     out = _logged_row(guarded["log_root"], "guarded-flag", body["request_id"])
@@ -309,6 +331,9 @@ def test_bad_score_requests_are_4xx_naming_the_field(guarded):
     for raw, status, param in cases:
         response = requests.post(f"{url}/rag/score", data=raw, headers=auth, timeout=30)
         assert response.status_code == status and response.json()["param"] == param, (raw, response.text)
+    weird = requests.post(f"{url}/rag/score", data=b'{"answ\\ud800er": 1, "answer": "a", "contexts": []}',
+                          headers=auth, timeout=30)
+    assert weird.status_code == 422 and weird.json()["error"]
     assert requests.post(f"{url}/rag/score", json={"answer": "a", "contexts": []}, timeout=30).status_code == 401
     surrogate = requests.post(f"{url}/rag/query", data=b'{"query": "\\ud800?"}', headers=auth, timeout=30)
     assert surrogate.status_code == 400 and surrogate.json()["param"] == "query"
