@@ -14,13 +14,14 @@ what groundedness measures (whether refusing was right is retrieval's and the ev
 answer therefore scores 1.0 with no sentences, and an answer with claims but no contexts scores 0.0.
 
 Scorers (``scorer=``): ``lexical`` (rag.lexical, content-word overlap against the best window of context sentences
-plus number, date, entity and negation consistency), ``nli`` (rag.nli, the cross-encoder the platform trains,
-imported only when asked for) and ``default``: ``nli`` when ``rag.nli.is_default()`` says its registered
-champion beat ``lexical`` on held-out pairs, else ``lexical`` (also when that champion fails to load: answers
-keep getting a score, and the failure is logged). Every scorer's sentence scores are calibrated on
-its own training pairs so that 0.5 is its decision threshold. ``judge`` (rag.judge) asks an LLM at an
-OpenAI-compatible endpoint through Evidently's faithfulness judge, for a sample of answers off the request path;
-its verdict (1.0 or 0.0) is for the whole answer. New scorers plug in with :func:`register_scorer`.
+plus number, date, entity and negation consistency: the fast fallback), ``nli`` (rag.nli, the cross-encoder the
+platform trains on human-labelled pairs and ships trained, imported only when asked for) and ``default``: ``nli``
+when ``rag.nli.is_default()`` says it has an encoder (the shipped weights, or a registered champion that beat them
+on the same held-out rows), else ``lexical`` (also when the encoder fails to load: answers keep getting a score,
+and the failure is logged). Every scorer's sentence scores are calibrated on real labelled pairs so that 0.5 is
+its decision threshold. ``judge`` (rag.judge) asks an LLM at an OpenAI-compatible endpoint through Evidently's
+faithfulness judge, for a sample of answers off the request path; its verdict (1.0 or 0.0) is for the whole answer.
+New scorers plug in with :func:`register_scorer`.
 
 Example:
     >>> from rag import groundedness
@@ -169,10 +170,10 @@ def available_scorers() -> list[str]:
 
 
 def _default_name() -> str:
-    """``nli`` when rag.nli says its champion beat lexical on held-out pairs; anything going wrong means lexical."""
+    """``nli`` when rag.nli has an encoder (shipped or a better champion); anything going wrong means lexical."""
     try:
         return "nli" if importlib.import_module("rag.nli").is_default() else "lexical"
-    except Exception:  # no rag.nli, no registry, no champion: the baseline stays the default
+    except Exception:  # no rag.nli, no shipped weights, no champion: the baseline stays the default
         return "lexical"
 
 

@@ -1,16 +1,22 @@
-"""The ``nli`` groundedness scorer: a small cross-encoder the platform trains itself, loaded from the registry.
+"""The ``nli`` groundedness scorer: a MiniLM cross-encoder the platform trains itself on human-labelled pairs,
+shipped trained with the package (``rag/models/groundedness``) and replaced by a better registered champion.
 
 ``workloads/train_groundedness.py`` fine-tunes the packaged MiniLM (all-MiniLM-L6-v2) as a cross-encoder on
-(claim, context window) pairs from :mod:`rag.claims`, calibrates its logit with a logistic fit on training pairs
-(0.5 is the decision threshold), and registers it as ``rag-groundedness-nli``; the alias ``champion`` is set only
-when its balanced accuracy on held-out pages beats ``lexical``'s, and :func:`is_default` then makes it the
-``default`` scorer of :mod:`rag.groundedness`.
+real (claim, evidence, supported?) pairs (:mod:`rag.labelled`) and at most a third of generated Python-docs pairs
+(:mod:`rag.claims`), calibrates its logit on a calibration split of real pairs (0.5 is the decision threshold),
+judges it on held-out real pairs split by source document (:mod:`rag.heldout`) and registers it as
+``rag-groundedness-nli``. Which encoder scores (:func:`resolve`): the registry's ``champion`` when it was judged on
+the same held-out pairs as the shipped weights and beat them, else the shipped weights, else a champion that beat
+``lexical`` (a checkout without shipped weights); :func:`is_default` says whether any is there, and
+:mod:`rag.groundedness`'s ``default`` is then ``nli``.
 
 Scoring is fast because the encoder never reads whole contexts: for each claim sentence of an answer,
-:func:`rag.lexical.best_window` picks the run of one to three context sentences that shares the most words with it
-(across all the contexts), and only the (sentence, window) pairs of a whole batch of answers are cross-encoded,
-at once, sorted by length, in bfloat16 on CPU. Training reads the same windows (:func:`pair_text`), so the model
-sees at training time exactly what it scores later.
+:func:`rag.lexical.candidate_windows` picks up to ``candidates`` places in the contexts that share the most words
+with it, each widened to whole sentences around it (the sentence before first: it names the subject that a
+following "It ..." refers to) up to ``window_words`` words; every (sentence, window) pair of a batch of answers is
+cross-encoded at once, sorted by length, in bfloat16 on CPU, and a sentence's support is its best window's
+(SummaC-style: the best-supporting chunk wins). Training reads the same windows (:func:`candidate_pairs`), so the
+model sees at training time what it scores later.
 
 Example:
     >>> from rag import groundedness
@@ -28,15 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.groundedness import Groundedness, SentenceSupport, aggregate, is_claim, split_sentences
+from rag.groundedness import THRESHOLD, Groundedness, SentenceSupport, aggregate, is_claim, split_sentences
 
-__all__ = ["BEATS_LEXICAL_TAG", "CALIBRATION_FILE", "MODEL_NAME", "CrossEncoder", "NLIScorer", "NoChampionError",
-           "Pair", "champion_version", "clear_cache", "is_default", "load_champion", "pair_text", "pyfunc_model"]
+__all__ = ["BEATS_LEXICAL_TAG", "CALIBRATION_FILE", "HELDOUT_BA_TAG", "HELDOUT_HASH_TAG", "MODEL_NAME", "SHIPPED",
+           "CrossEncoder", "NLIScorer", "NoChampionError", "Pair", "candidate_pairs", "champion_version",
+           "clear_cache", "is_default", "load_champion", "pair_text", "pyfunc_model", "resolve", "shipped_card"]
 
 MODEL_NAME = "rag-groundedness-nli"
 BEATS_LEXICAL_TAG = "fabric.groundedness.beats_lexical"  # "true" / "false" on each registered version
 BA_TAG, LEXICAL_BA_TAG = "fabric.metric.heldout_balanced_accuracy", "fabric.metric.lexical_heldout_balanced_accuracy"
 CALIBRATION_FILE = "calibration.json"
+# Tags of a version judged on held-out real pairs: the mean balanced accuracy over domains and a hash of the rows
+# (rag.heldout), so a champion is compared with the shipped weights only on the same rows.
+HELDOUT_BA_TAG = "fabric.groundedness.heldout_mean_balanced_accuracy"
+HELDOUT_HASH_TAG = "fabric.groundedness.heldout_hash"
+SHIPPED = Path(__file__).resolve().parent / "models" / "groundedness"  # the weights the package ships
+WINDOW_WORDS, CANDIDATES = 60, 2  # defaults of an encoder folder whose calibration.json names neither
 LOOKUP_TTL_S = 60.0  # the registry is asked at most once a minute which version is the champion
 
 
@@ -46,8 +59,8 @@ class NoChampionError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pair:
-    """What the scorer compares a claim with: its best window of context sentences (text, context index, span)
-    and lexical's raw score of the claim against that window (an input of a stacked calibration)."""
+    """What the scorer compares a claim with: one window of context sentences (text, context index, span) and
+    lexical's raw score of the claim against the window's core (an input of a stacked calibration)."""
 
     window: str
     context: int
@@ -55,22 +68,30 @@ class Pair:
     lexical: float
 
 
-def pair_text(claim: str, contexts: list[str]) -> Pair | None:
-    """The :class:`Pair` of ``claim`` in ``contexts``, or None when no context shares a content word with it."""
-    from rag.lexical import best_window, raw_score
+def candidate_pairs(claim: str, contexts: list[str], k: int = CANDIDATES, window_words: int = WINDOW_WORDS
+                    ) -> list[Pair]:
+    """Up to ``k`` :class:`Pair` of ``claim`` in ``contexts``, best first (:func:`rag.lexical.candidate_windows`:
+    each widened to whole sentences around its core up to ``window_words`` words); empty when no context shares a
+    content word with it."""
+    from rag.lexical import candidate_windows, raw_score
 
-    window = best_window(claim, contexts)
-    if window is None:
-        return None
-    return Pair(window.text(contexts), window.context, window.span, raw_score(window.features))
+    return [Pair(w.text(contexts), w.context, w.span, raw_score(w.features))
+            for w in candidate_windows(claim, contexts, k=k, max_words=window_words)]
+
+
+def pair_text(claim: str, contexts: list[str], window_words: int = WINDOW_WORDS) -> Pair | None:
+    """The best :class:`Pair` of ``claim`` in ``contexts``, or None when no context shares a content word with it."""
+    found = candidate_pairs(claim, contexts, 1, window_words)
+    return found[0] if found else None
 
 
 class CrossEncoder:
     """A trained cross-encoder folder: the Hugging Face model and tokenizer plus ``calibration.json``.
 
     The calibration maps a pair to support in [0, 1]: ``sigmoid(slope * logit + lexical_slope * lexical +
-    intercept)``, fitted by logistic regression on training pages' pairs. ``lexical_slope`` is 0 for the plain
-    cross-encoder; a stacked calibration also weighs lexical's raw score of the same window.
+    intercept)``, fitted by logistic regression on calibration pairs. ``lexical_slope`` is 0 for the plain
+    cross-encoder; a stacked calibration also weighs lexical's raw score of the same window. ``window_words`` and
+    ``candidates`` say how the encoder was trained to read contexts (:func:`candidate_pairs`).
     """
 
     def __init__(self, folder: str | Path, dtype: str = "bfloat16", threads: int | None = None):
@@ -78,15 +99,21 @@ class CrossEncoder:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.folder = Path(folder)
-        settings = json.loads((self.folder / CALIBRATION_FILE).read_text())
+        self.settings = settings = json.loads((self.folder / CALIBRATION_FILE).read_text())
         self.slope, self.intercept = float(settings["slope"]), float(settings["intercept"])
         self.lexical_slope = float(settings.get("lexical_slope", 0.0))
         self.max_length = int(settings["max_length"])
+        self.window_words = int(settings.get("window_words", WINDOW_WORDS))
+        self.candidates = int(settings.get("candidates", CANDIDATES))
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         model = AutoModelForSequenceClassification.from_pretrained(self.folder)
         self.model = model.to(getattr(torch, dtype)).eval()
+
+    def pairs(self, claim: str, contexts: list[str]) -> list[Pair]:
+        """The windows this encoder reads for ``claim`` (its own ``candidates`` and ``window_words``)."""
+        return candidate_pairs(claim, contexts, self.candidates, self.window_words)
 
     def logits(self, claims: list[str], windows: list[str], batch_size: int = 64) -> list[float]:
         """Raw logits of (claim, window) pairs, in order; pairs are batched by length to pad little."""
@@ -120,9 +147,9 @@ def _sigmoid(x: float) -> float:
 
 
 class NLIScorer:
-    """The ``nli`` scorer (:class:`rag.groundedness.Scorer`): the registry's champion, or ``encoder`` when given.
+    """The ``nli`` scorer (:class:`rag.groundedness.Scorer`): :func:`resolve`'s encoder, or ``encoder`` when given.
 
-    The champion is looked up at most once a minute, so a newly crowned version is picked up without a restart.
+    The registry is asked at most once a minute, so a newly crowned version is picked up without a restart.
     """
 
     name = "nli"
@@ -130,30 +157,37 @@ class NLIScorer:
     def __init__(self, encoder: CrossEncoder | None = None, model_name: str = MODEL_NAME, batch_size: int = 64):
         self.model_name, self.batch_size = model_name, batch_size
         self._fixed = encoder
-        self.encoder = encoder or load_champion(model_name)
+        self.encoder = encoder or resolve(model_name)
 
     def detail_batch(self, answers: list[str], contexts: list[list[str]]) -> list[Groundedness]:
-        """Each answer's :class:`Groundedness`; every (sentence, window) pair of the batch in one encoder call."""
-        encoder = self._fixed or load_champion(self.model_name)
+        """Each answer's :class:`Groundedness`. A sentence's support is its best window's: every sentence's first
+        window is encoded in one call for the whole batch, then the next window only of sentences still under 0.5
+        (a supported sentence costs one pair, an unsupported one up to ``candidates``)."""
+        encoder = self._fixed or resolve(self.model_name)
         per_answer: list[list[SentenceSupport]] = []
-        pending: list[tuple[SentenceSupport, Pair]] = []
+        pending: list[tuple[SentenceSupport, list[Pair]]] = []
         for answer, ctx in zip(answers, contexts, strict=True):
             sentences = []
             for start, end in split_sentences(answer):
                 text = answer[start:end]
-                found = pair_text(text, ctx) if is_claim(text) else None
-                if found is None:  # no claim: not judged; a claim sharing nothing with any context: unsupported
+                found = encoder.pairs(text, ctx) if is_claim(text) else []
+                if not found:  # no claim: not judged; a claim sharing nothing with any context: unsupported
                     claim = is_claim(text) and _has_content(text)
                     sentences.append(SentenceSupport(text, start, end, 0.0 if claim else 1.0, claim=claim))
                     continue
-                support = SentenceSupport(text, start, end, 0.0, found.context, found.span)
+                support = SentenceSupport(text, start, end, 0.0, found[0].context, found[0].span)
                 sentences.append(support)
                 pending.append((support, found))
             per_answer.append(sentences)
-        if pending:
-            values = encoder.scores([s.text for s, _ in pending], [p for _, p in pending], self.batch_size)
-            for (support, _), value in zip(pending, values, strict=True):
-                support.score = value
+        rank = 0
+        while pending:  # the best window of every sentence first; the next only for sentences still unsupported
+            flat = [(support, found[rank]) for support, found in pending]
+            values = encoder.scores([s.text for s, _ in flat], [p for _, p in flat], self.batch_size)
+            for (support, pair), value in zip(flat, values, strict=True):
+                if value > support.score:
+                    support.score, support.context, support.span = value, pair.context, pair.span
+            rank += 1
+            pending = [(s, found) for s, found in pending if s.score < THRESHOLD and len(found) > rank]
         return [aggregate(sentences, self.name) for sentences in per_answer]
 
 
@@ -294,15 +328,57 @@ def pyfunc_model() -> Any:
     return NLIPyfunc()
 
 
-def is_default(model_name: str = MODEL_NAME) -> bool:
-    """Whether ``nli`` should be the default scorer: a champion exists and its held-out balanced accuracy beat
-    ``lexical``'s (recorded on the version when it was trained). Cached for a minute; False, fast, when there is
-    no registry, no model or no champion."""
-    version = champion_version(model_name)
-    if version is None:
-        return False
+def shipped_card() -> dict[str, Any] | None:
+    """The shipped weights' settings (``rag/models/groundedness/calibration.json``: calibration, data commit,
+    held-out figures), or None when this checkout ships none."""
+    path = SHIPPED / CALIBRATION_FILE
+    if not path.is_file() or not any(SHIPPED.glob("*.safetensors")):
+        return None
+    return json.loads(path.read_text())
+
+
+def _champion_wins(version: Any, shipped: dict[str, Any] | None) -> bool:
+    """Whether the registry's champion should score instead of the shipped weights: judged on the same held-out
+    real pairs (the same hash) with a higher mean balanced accuracy; without shipped weights, when it beat lexical."""
     tags = version.tags or {}
+    if shipped is not None:
+        heldout = shipped.get("heldout", {})
+        try:
+            return (tags.get(HELDOUT_HASH_TAG) == heldout["hash"]
+                    and float(tags[HELDOUT_BA_TAG]) > float(heldout["mean_balanced_accuracy"]))
+        except (KeyError, ValueError, TypeError):
+            return False
     try:
         return float(tags[BA_TAG]) > float(tags[LEXICAL_BA_TAG])
     except (KeyError, ValueError):
         return tags.get(BEATS_LEXICAL_TAG) == "true"
+
+
+def resolve(model_name: str = MODEL_NAME) -> CrossEncoder:
+    """The encoder ``nli`` scores with: the champion when :func:`_champion_wins`, else the shipped weights.
+
+    Raises:
+        NoChampionError: neither (train one: ``fabric run train_groundedness --config
+            configs/rag/train_groundedness.yaml``).
+    """
+    shipped = shipped_card()
+    version = champion_version(model_name)
+    if version is not None and _champion_wins(version, shipped):
+        return load_champion(model_name)
+    if shipped is None:
+        return load_champion(model_name)  # raises NoChampionError when there is none at all
+    with _LOCK:
+        encoder = _ENCODERS.get("shipped")
+        if encoder is None:
+            encoder = _ENCODERS["shipped"] = CrossEncoder(SHIPPED)
+    return encoder
+
+
+def is_default(model_name: str = MODEL_NAME) -> bool:
+    """Whether ``nli`` is the default scorer: the package ships weights, or the registry's champion beat
+    ``lexical`` (recorded on the version when it was trained). Cached for a minute; fast when there is no
+    registry, no model or no champion."""
+    if shipped_card() is not None:
+        return True
+    version = champion_version(model_name)
+    return version is not None and _champion_wins(version, None)
