@@ -27,7 +27,7 @@ def test_bad_env_entry_is_named_without_its_key(env, where):
         Keyring.load(env=env)
     message = str(refused.value)
     assert "secret-key-2" not in message and "no-role-here" not in message
-    assert "predict, admin" in message
+    assert "predict, label, admin" in message
 
 
 def test_bad_keys_file_line_is_named(tmp_path):
@@ -44,7 +44,7 @@ def test_serve_up_with_a_malformed_fabric_api_keys_prints_one_line(cli_env):
     assert out.returncode == 2
     assert out.stderr.splitlines()[0] == (
         "error: FABRIC_API_KEYS entry 2 of 2 must be KEY:ROLE[:NAME] or sha256:HEX:ROLE[:NAME] with ROLE one of "
-        "predict, admin (the key itself is not shown)"
+        "predict, label, admin (the key itself is not shown)"
     )
     assert "Traceback" not in out.stderr and "secret-key-2" not in out.stderr
 
