@@ -178,14 +178,7 @@ def pin_pairs(cfg: Config) -> tuple[dict[str, str], Any]:
     from rag.labelled import commit_pairs, load_pairs
 
     store = data.open_store(cfg.runtime)
-    try:
-        pinned, commit, pairs = load_pairs(cfg.data.uri, store=store)
-    except data.NotFoundError:
-        if not cfg.data.create_if_missing:
-            raise
-        created = commit_pairs(cfg.data.uri, store=store)
-        print(f"[data] {cfg.data.uri} did not exist: committed {created['rows']} labelled pairs", flush=True)
-        pinned, commit, pairs = load_pairs(cfg.data.uri, store=store)
+    pinned, commit, pairs = load_or_commit(load_pairs, commit_pairs, cfg.data.uri, cfg.data.create_if_missing, store)
     if cfg.data.sources:
         unknown = sorted(set(cfg.data.sources) - set(pairs["source"]))
         if unknown:
@@ -200,6 +193,21 @@ def pin_pairs(cfg: Config) -> tuple[dict[str, str], Any]:
     counts = pairs.groupby(["split"]).size().to_dict()
     print(f"[data] {pinned}: {len(pairs)} labelled pairs ({counts})", flush=True)
     return lineage, pairs
+
+
+def load_or_commit(load: Any, commit: Any, uri: str, create_if_missing: bool, store: Any) -> tuple[str, str, Any]:
+    """``load(uri)`` (pinned URI, commit id, frame); when the URI is missing and ``create_if_missing``, ``commit(uri)``
+    first (the demo data: rag.labelled's pairs, the Python documentation pages)."""
+    from fabric import data
+
+    try:
+        return load(uri, store=store)
+    except data.NotFoundError:
+        if not create_if_missing:
+            raise
+        commit(uri, store=store)
+        print(f"[data] {uri} did not exist: committed {commit.__module__}.{commit.__name__}'s data there", flush=True)
+        return load(uri, store=store)
 
 
 def training_mix(cfg: Config, pairs: Any, lineage: dict[str, str]) -> list[tuple[str, str, float]]:
@@ -233,13 +241,8 @@ def synthetic_pairs(cfg: Config, n: int, lineage: dict[str, str]) -> Any:
     from rag.corpus import commit_python_docs, load_documents
 
     store = data.open_store(cfg.runtime)
-    try:
-        pinned, commit, docs = load_documents(cfg.synthetic.uri, store=store)
-    except data.NotFoundError:
-        if not cfg.synthetic.create_if_missing:
-            raise
-        commit_python_docs(cfg.synthetic.uri, store=store)
-        pinned, commit, docs = load_documents(cfg.synthetic.uri, store=store)
+    pinned, commit, docs = load_or_commit(load_documents, commit_python_docs, cfg.synthetic.uri,
+                                          cfg.synthetic.create_if_missing, store)
     docs = docs.head(cfg.synthetic.max_docs or len(docs)).reset_index(drop=True)
     train_pages, _ = split_docs(docs["doc_id"], cfg.synthetic.held_out_share, cfg.data.seed)
     lineage.update({"fabric.synthetic.uri": pinned, "fabric.synthetic.commit": commit})
